@@ -1,0 +1,153 @@
+"""Analytic multiply-adds and parameter counts, read off the architecture spec.
+
+Definitions (those of the published TF-Slim table: 1.0/224 = 300M MAdds,
+3.47M parameters):
+
+* ``madds``: multiply-adds of every convolution and of the classifier for one
+  image. A conv producing an HxWxC_out map from C_in channels with a k x k
+  kernel costs H*W*k*k*C_in*C_out (depthwise: H*W*k*k*C). Batch norm,
+  activations, shortcut additions, pooling and biases are not counted.
+* ``params``: conv kernels plus the classifier's weights and biases (convs
+  have no bias: batch norm follows each of them).
+* ``params_bn``: batch norm's scale and offset (2 per channel); the moving
+  statistics are state, not parameters, and are not counted. Keras'
+  "trainable params" is ``params + params_bn``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mnv2_jax.spec import Architecture, BlockSpec, ConvSpec, output_size, validate
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCount:
+    name: str
+    kind: str  # conv, expand, depthwise, project, classifier
+    in_shape: tuple[int, int, int]  # H, W, C
+    out_shape: tuple[int, int, int]
+    madds: int
+    params: int
+    params_bn: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    resolution: int
+    layers: tuple[LayerCount, ...]
+
+    @property
+    def madds(self) -> int:
+        return sum(layer.madds for layer in self.layers)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def params_bn(self) -> int:
+        return sum(layer.params_bn for layer in self.layers)
+
+
+def _conv(name, kind, h, w, c_in, c_out, kernel, stride, depthwise=False, bn=True) -> LayerCount:
+    ho, wo = output_size(h, stride), output_size(w, stride)
+    per_output = kernel * kernel * (1 if depthwise else c_in)
+    weights = per_output * c_out
+    return LayerCount(
+        name=name,
+        kind=kind,
+        in_shape=(h, w, c_in),
+        out_shape=(ho, wo, c_out),
+        madds=ho * wo * weights,
+        params=weights,
+        params_bn=2 * c_out if bn else 0,
+    )
+
+
+def count(arch: Architecture, resolution: int) -> Counts:
+    """Per-layer MAdds and parameters for one `resolution` x `resolution` image."""
+    validate(width=arch.width, resolution=resolution)
+    h = w = resolution
+    layers: list[LayerCount] = []
+
+    def add(layer: LayerCount) -> None:
+        nonlocal h, w
+        layers.append(layer)
+        h, w = layer.out_shape[:2]
+
+    stem: ConvSpec = arch.stem
+    add(_conv(stem.name, "conv", h, w, stem.in_channels, stem.out_channels, stem.kernel, stem.stride))
+    for block in arch.blocks:
+        add_block(layers, block, h, w)
+        h, w = layers[-1].out_shape[:2]
+    head = arch.head
+    add(_conv(head.name, "conv", h, w, head.in_channels, head.out_channels, 1, 1))
+    if arch.num_classes:
+        c = head.out_channels
+        layers.append(
+            LayerCount(
+                name="classifier",
+                kind="classifier",
+                in_shape=(1, 1, c),
+                out_shape=(1, 1, arch.num_classes),
+                madds=c * arch.num_classes,
+                params=c * arch.num_classes + arch.num_classes,
+                params_bn=0,
+            )
+        )
+    return Counts(resolution=resolution, layers=tuple(layers))
+
+
+def add_block(layers: list[LayerCount], block: BlockSpec, h: int, w: int) -> None:
+    name = block.name
+    c = block.in_channels
+    if block.has_expansion:
+        layers.append(_conv(f"{name}/expand", "expand", h, w, c, block.expanded_channels, 1, 1))
+        c = block.expanded_channels
+    layers.append(_conv(f"{name}/depthwise", "depthwise", h, w, c, c, 3, block.stride, depthwise=True))
+    h, w = layers[-1].out_shape[:2]
+    layers.append(_conv(f"{name}/project", "project", h, w, c, block.out_channels, 1, 1))
+
+
+def summary(arch: Architecture, resolution: int) -> dict:
+    """The numbers `mnv2 info --json` prints."""
+    counts = count(arch, resolution)
+    return {
+        "width": arch.width,
+        "resolution": resolution,
+        "expansion": list(arch.expansion) if isinstance(arch.expansion, tuple) else arch.expansion,
+        "bottleneck_activation": arch.bottleneck_activation,
+        "residual": arch.residual,
+        "output_stride": arch.output_stride,
+        "num_classes": arch.num_classes,
+        "madds": counts.madds,
+        "params": counts.params,
+        "params_bn": counts.params_bn,
+    }
+
+
+def format_table(arch: Architecture, resolution: int) -> str:
+    """A per-layer table (shape, MAdds, params) with totals, for `mnv2 info`."""
+    counts = count(arch, resolution)
+    rows = [("layer", "input", "output", "MAdds", "params", "bn params")]
+    for layer in counts.layers:
+        rows.append(
+            (
+                layer.name,
+                "x".join(map(str, layer.in_shape)),
+                "x".join(map(str, layer.out_shape)),
+                f"{layer.madds:,}",
+                f"{layer.params:,}",
+                f"{layer.params_bn:,}",
+            )
+        )
+    rows.append(("total", "", "", f"{counts.madds:,}", f"{counts.params:,}", f"{counts.params_bn:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if k == 0 or k == len(rows) - 2:
+            lines.append("  ".join("-" * wd for wd in widths))
+    return "\n".join(lines)
