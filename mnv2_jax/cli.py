@@ -1,0 +1,189 @@
+"""The `mnv2` command line (also `python -m mnv2_jax`).
+
+Each subcommand imports what it needs when it runs, so `mnv2 --help`,
+`mnv2 info` and `mnv2 sweep list` answer without loading JAX or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _expansion(text: str) -> float | tuple[float, ...]:
+    values = [float(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _add_arch_args(p: argparse.ArgumentParser, resolution_default: int | None = 224) -> None:
+    p.add_argument("--width", type=float, default=None, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=int, default=None, help=f"input resolution (default {resolution_default})")
+    p.add_argument("--expansion", type=_expansion, default=None, help="ratio t, or 7 comma-separated (one per row)")
+    p.add_argument("--bottleneck-activation", default=None, choices=("linear", "relu6"))
+    p.add_argument("--residual", default=None, choices=("bottleneck", "expansion", "none"))
+    p.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32))
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000; 0 = none)")
+    p.add_argument("--config", default=None, help="read the settings from a config file (configs/X.py[:ARG])")
+
+
+def _arch_settings(args: argparse.Namespace) -> dict:
+    """Architecture settings: a config file's values, then explicit flags on top."""
+    settings = dict(
+        width=1.0,
+        resolution=224,
+        expansion=6.0,
+        bottleneck_activation="linear",
+        residual="bottleneck",
+        output_stride=None,
+        num_classes=1000,
+        max_repeats=None,
+    )
+    if args.config:
+        from mnv2_jax.config import load_config
+
+        config = load_config(args.config)
+        for key in settings:
+            if key in config and config[key] is not None:
+                settings[key] = config[key]
+        if isinstance(settings["expansion"], list):
+            settings["expansion"] = tuple(settings["expansion"])
+    for key in ("width", "resolution", "expansion", "bottleneck_activation", "residual", "output_stride", "num_classes"):
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from mnv2_jax import accounting, spec
+
+    s = _arch_settings(args)
+    resolution = s.pop("resolution")
+    arch = spec.build_architecture(**s)
+    if args.json:
+        print(json.dumps(accounting.summary(arch, resolution)))
+        return
+    summary = accounting.summary(arch, resolution)
+    print(
+        f"MobileNetV2 width {arch.width:g}, resolution {resolution}, expansion {summary['expansion']}, "
+        f"{arch.bottleneck_activation} bottleneck, residual '{arch.residual}'"
+        + (f", output stride {arch.output_stride}" if arch.output_stride else "")
+    )
+    print(accounting.format_table(arch, resolution))
+    print(
+        f"\nmadds {summary['madds']:,} ({summary['madds'] / 1e6:.1f}M)   params {summary['params']:,} "
+        f"({summary['params'] / 1e6:.2f}M)   batch-norm params {summary['params_bn']:,}"
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from mnv2_jax import bench
+
+    if args.tflite:
+        from mnv2_jax.interop import tflite
+
+        result = tflite.benchmark(args.tflite, threads=args.threads, repeats=args.repeats)
+    elif args.input:
+        result = bench.benchmark_input(
+            resolution=args.resolution or 224, batch_size=args.batch_size, num_batches=args.steps or 20
+        )
+    else:
+        s = _arch_settings(args)
+        result = bench.benchmark(
+            width=s["width"],
+            resolution=s["resolution"],
+            expansion=s["expansion"],
+            bottleneck_activation=s["bottleneck_activation"],
+            residual=s["residual"],
+            num_classes=s["num_classes"],
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            steps=args.steps,
+            repeats=args.repeats,
+            depthwise_impl=args.depthwise_impl,
+            pointwise_impl=args.pointwise_impl,
+            modes=tuple(args.modes.split(",")),
+            log=None if args.json else print,
+        )
+    print(json.dumps(result) if args.json else bench.format_result(result))
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
+    from mnv2_jax import config as config_lib
+    from mnv2_jax import train
+
+    config = config_lib.load_config(args.config)
+    config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
+    train.train_and_evaluate(config, args.workdir, overwrite=args.overwrite, profile=args.profile)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from mnv2_jax import train
+
+    result = train.evaluate_workdir(args.workdir, step=args.step)
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnv2",
+        description="MobileNetV2 (Sandler et al., 2018) in JAX/Flax: train, sweep, account, plot.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train one run (rerun the same command to resume)",
+        description="Train one run. Extra --config.KEY=VALUE arguments override the config.",
+    )
+    p.add_argument("--config", required=True, help="configs/X.py[:ARG]")
+    p.add_argument("--workdir", required=True, help="where config, metrics and checkpoints go")
+    p.add_argument("--overwrite", action="store_true", help="resume even if the config differs from the workdir's")
+    p.add_argument("--profile", action="store_true", help="write a jax.profiler trace of a few steps to WORKDIR/profile")
+    p.set_defaults(func=cmd_train, takes_extra=True)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint (raw and EMA weights) on its eval split")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="analytic multiply-adds and parameters, per layer")
+    _add_arch_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="measure train-step and inference throughput and compile time")
+    _add_arch_args(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--steps", type=int, default=None, help="steps per timed repeat (default: about 10 s of work)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
+    p.add_argument("--depthwise-impl", default="auto", choices=("auto", "lax", "shifted"))
+    p.add_argument("--pointwise-impl", default="auto", choices=("auto", "lax", "dot"))
+    p.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
+    p.add_argument("--input", action="store_true", help="measure the input pipeline alone (input_images_per_sec)")
+    p.add_argument("--tflite", default=None, help="benchmark an exported .tflite file instead")
+    p.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (with --tflite)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_extra", False):
+            args.func(args, extra)
+        else:
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.func(args)
+    except ValueError as e:
+        # Configuration and input errors: one clear line, no traceback.
+        print(f"mnv2 {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,325 @@
+"""Training config: the keys every config has, their defaults, and validation.
+
+Config files under `configs/` start from `base_config()` and override what
+their experiment needs (big_vision style: the module docstring says the
+command, the runtime and the expected result). Every key can be overridden
+from the command line with `--config.KEY=VALUE`; `validate_config` rejects a
+misspelt key or an invalid value with a message that names the key and the
+allowed values, before anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+from mnv2_jax import spec
+
+# Keys whose values come from a closed set.
+CHOICES: dict[str, tuple] = {
+    "bottleneck_activation": spec.BOTTLENECK_ACTIVATIONS,
+    "residual": spec.RESIDUALS,
+    "recipe": ("slim", "tpu"),
+    "dtype": ("float32", "bfloat16"),
+    "depthwise_impl": ("auto", "lax", "shifted"),
+    "pointwise_impl": ("auto", "lax", "dot"),
+    "augment.crop": ("inception", "pad_crop", "none"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+# What a resumed run may change without --overwrite.
+RESUMABLE_KEYS = (
+    "total_steps",
+    "total_epochs",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "wandb",
+    "progress",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with the paper's defaults (ImageNet, 1.0/224, the TF-Slim recipe)."""
+    c = ml_collections.ConfigDict()
+    # Model: the sweep axes of the paper.
+    c.width = 1.0
+    c.resolution = 224
+    c.expansion = 6.0
+    c.bottleneck_activation = "linear"
+    c.residual = "bottleneck"
+    c.output_stride = ml_collections.config_dict.placeholder(int)
+    c.num_classes = ml_collections.config_dict.placeholder(int)  # None = from the dataset
+    c.max_repeats = ml_collections.config_dict.placeholder(int)  # None = Table 2 (tests shrink it)
+    c.dropout_rate = 0.2
+    c.bn_momentum = 0.997
+    c.bn_epsilon = 1e-3
+    # Examples per batch-norm group: None = the global batch; else per group of
+    # replicas (the paper's 16 workers each normalised their own 96).
+    c.bn_group_size = ml_collections.config_dict.placeholder(int)
+    c.dtype = "float32"
+    c.depthwise_impl = "auto"
+    c.pointwise_impl = "auto"
+
+    # Data (TFDS).
+    c.dataset = "imagenet2012"
+    c.data_dir = ml_collections.config_dict.placeholder(str)
+    c.train_split = "train"
+    c.eval_split = "validation"
+    c.num_train_examples = ml_collections.config_dict.placeholder(int)
+    c.shuffle_buffer = 10_000
+    c.cache = False
+    c.augment = ml_collections.ConfigDict()
+    c.augment.crop = "inception"
+    c.augment.area_range = (0.05, 1.0)
+    c.augment.aspect_ratio_range = (3 / 4, 4 / 3)
+    c.augment.min_object_covered = 0.1
+    c.augment.pad = 4
+    c.augment.flip = True
+    c.augment.color_distort = False
+    c.eval_crop = 0.875
+
+    # Duration: exactly one of these is set.
+    c.batch_size = 1536  # global: the paper's 16 workers x 96
+    c.eval_batch_size = ml_collections.config_dict.placeholder(int)
+    c.total_epochs = ml_collections.config_dict.placeholder(float)
+    c.total_epochs = 420.0  # the TF-Slim reproduction's length
+    c.total_steps = ml_collections.config_dict.placeholder(int)
+    c.seed = 0
+
+    # Optimisation: `recipe` fills every None below (see mnv2_jax.optim.RECIPES).
+    c.recipe = "slim"
+    c.optim = ml_collections.ConfigDict()
+    for key in (
+        "lr",
+        "lr_reference_batch",
+        "lr_decay_rate",
+        "lr_decay_epochs",
+        "warmup_epochs",
+        "rmsprop_decay",
+        "momentum",
+        "rmsprop_epsilon",
+        "rmsprop_initial_scale",
+        "weight_decay",
+        "label_smoothing",
+        "ema_decay",
+        "grad_clip_norm",
+    ):
+        c.optim[key] = ml_collections.config_dict.placeholder(float)
+
+    # Bookkeeping.
+    c.log_every_steps = 100
+    c.eval_every_steps = ml_collections.config_dict.placeholder(int)  # None = once per epoch
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.progress = True
+    c.init_from = ml_collections.config_dict.placeholder(str)  # checkpoint dir to start from
+
+    c.wandb = ml_collections.ConfigDict()
+    c.wandb.mode = "auto"  # online if a key is set and the server answers, else offline
+    c.wandb.project = "mnv2_jax"
+    c.wandb.entity = ml_collections.config_dict.placeholder(str)
+    c.wandb.group = ml_collections.config_dict.placeholder(str)
+    c.wandb.name = ml_collections.config_dict.placeholder(str)
+    c.wandb.tags = ()
+    return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parse a config file's argument string `key=value,key=value` (big_vision style).
+
+    Values are converted to the type of the default; unknown keys are an error.
+    """
+    out = ml_collections.ConfigDict(dict(defaults))
+    if not arg:
+        return out
+    for item in arg.split(","):
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r}: expected key=value (known keys: {sorted(defaults)})")
+        key, value = item.split("=", 1)
+        if key not in defaults:
+            raise ValueError(_unknown_key_message(f"config argument {key!r}", key, defaults))
+        default = defaults[key]
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif default is None:
+            out[key] = value
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
+def _unknown_key_message(what: str, key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"{what} is not a known key.{hint} Known keys: {', '.join(sorted(known))}"
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+    """`{'augment.crop': ..., ...}`: dotted keys to leaf values."""
+    items = config.items() if isinstance(config, dict) else config.to_dict().items()
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(flatten(value if isinstance(value, dict) else value.to_dict(), f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the key and the allowed values for anything invalid."""
+    known = flatten(base_config())
+    given = flatten(config)
+    for key in given:
+        if key not in known:
+            raise ValueError(_unknown_key_message(f"config key {key!r}", key, known))
+    for key, allowed in CHOICES.items():
+        if given.get(key) not in allowed:
+            raise ValueError(f"config key {key!r}: must be one of {allowed}, got {given.get(key)!r}")
+    spec.validate(
+        width=config.width,
+        resolution=config.resolution,
+        bottleneck_activation=config.bottleneck_activation,
+        residual=config.residual,
+        output_stride=config.output_stride,
+        num_classes=config.num_classes if config.num_classes is not None else 0,
+        max_repeats=config.max_repeats,
+    )
+    expansion = config.expansion
+    spec.stage_expansions(tuple(expansion) if isinstance(expansion, (list, tuple)) else expansion)
+    if (config.total_steps is None) == (config.total_epochs is None):
+        raise ValueError(
+            "config keys 'total_steps' and 'total_epochs': set exactly one, the other to None "
+            f"(got total_steps={config.total_steps!r}, total_epochs={config.total_epochs!r})"
+        )
+    if config.total_steps is not None and config.total_steps < 1:
+        raise ValueError(f"config key 'total_steps': must be >= 1, got {config.total_steps!r}")
+    if config.total_epochs is not None and not config.total_epochs > 0:
+        raise ValueError(f"config key 'total_epochs': must be > 0, got {config.total_epochs!r}")
+    for key in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"config key {key!r}: must be an integer >= 1, got {config[key]!r}")
+    if not 0 < config.eval_crop <= 1:
+        raise ValueError(f"config key 'eval_crop': must be in (0, 1], got {config.eval_crop!r}")
+    if not 0 <= config.dropout_rate < 1:
+        raise ValueError(f"config key 'dropout_rate': must be in [0, 1), got {config.dropout_rate!r}")
+    if not 0 <= config.bn_momentum < 1:
+        raise ValueError(f"config key 'bn_momentum': must be in [0, 1), got {config.bn_momentum!r}")
+    if config.bn_group_size is not None and config.batch_size % config.bn_group_size:
+        raise ValueError(
+            f"config key 'bn_group_size': must divide batch_size={config.batch_size}, got {config.bn_group_size}"
+        )
+
+
+def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
+    """Load `configs/X.py[:ARG]`: the file's `get_config(ARG)` (ARG optional)."""
+    import importlib.util
+    import os
+
+    path, _, arg = path_and_arg.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"--config: no such config file {path!r}")
+    module_spec = importlib.util.spec_from_file_location(f"_mnv2_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config: {path} defines no get_config()")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a Python literal if it parses as one, else the string."""
+    import ast
+
+    if text in ("None", "none", "null"):
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Set dotted keys (`{'width': 0.5, 'optim.lr': 0.1}`), naming any unknown key.
+
+    Values given as strings are parsed as Python literals; an int for a float
+    key is widened, a list for a tuple key converted.
+    """
+    config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    known = flatten(config)
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            value = parse_value(value)
+        if key not in known:
+            raise ValueError(_unknown_key_message(f"config key {key!r}", key, known))
+        current = known[key]
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if key == "expansion" and isinstance(value, list):
+            value = tuple(value)
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def parse_override_args(args: list[str]) -> dict[str, Any]:
+    """`['--config.width=0.5', '--config.optim.lr', '0.1']` -> `{'width': '0.5', 'optim.lr': '0.1'}`."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--config."):
+            raise ValueError(f"unexpected argument {arg!r}: overrides look like --config.KEY=VALUE")
+        body = arg[len("--config.") :]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(args):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            raise ValueError(f"{arg}: missing a value (use --config.KEY=VALUE)")
+        out[key] = value
+        i += 1
+    return out
+
+
+def architecture_from_config(config: ml_collections.ConfigDict, num_classes: int) -> spec.Architecture:
+    expansion = config.expansion
+    return spec.build_architecture(
+        width=config.width,
+        expansion=tuple(expansion) if isinstance(expansion, (list, tuple)) else expansion,
+        bottleneck_activation=config.bottleneck_activation,
+        residual=config.residual,
+        output_stride=config.output_stride,
+        num_classes=num_classes,
+        max_repeats=config.max_repeats,
+    )
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int, **overrides: Any):
+    """The Flax module a config trains (`overrides` replace module fields, e.g. bn_axis_name)."""
+    import jax.numpy as jnp
+
+    from mnv2_jax.model import MobileNetV2
+
+    kwargs = dict(
+        dropout_rate=config.dropout_rate,
+        bn_momentum=config.bn_momentum,
+        bn_epsilon=config.bn_epsilon,
+        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
+        depthwise_impl=config.depthwise_impl,
+        pointwise_impl=config.pointwise_impl,
+    )
+    kwargs.update(overrides)
+    return MobileNetV2(architecture_from_config(config, num_classes), **kwargs)

@@ -1,0 +1,150 @@
+"""Convolution kernels with per-backend implementations.
+
+XLA's grouped convolution (`feature_group_count=C`) is the bottleneck of
+MobileNetV2 on CPU, forward and especially backward. The depthwise 3x3 conv is
+tiny work (9 multiply-adds per output) and is faster as nine shifted
+multiply-adds that XLA fuses into one loop; its gradient gets the same
+treatment through a custom VJP. 1x1 convs are a contraction over channels,
+which XLA's CPU dot emitter handles better than its conv emitter.
+
+Every implementation computes TF's 'SAME' convolution exactly (the extra pad
+row/column goes bottom/right) and uses the same kernel layout as `nn.Conv`
+(HWIO; depthwise kernels are (kh, kw, 1, C)), so parameters and checkpoints
+do not depend on the implementation chosen. Tests compare every
+implementation with `lax.conv_general_dilated`, outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mnv2_jax.spec import same_padding
+
+DEPTHWISE_IMPLS = ("auto", "lax", "shifted")
+POINTWISE_IMPLS = ("auto", "lax", "dot")
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_impl(kind: str, impl: str, backend: str | None = None) -> str:
+    """Pick the implementation for `auto`: the fastest one measured per backend.
+
+    CPU: shifted depthwise and dot pointwise (5-15x faster depthwise here).
+    GPU/TPU: XLA's own convolutions (cuDNN / the TPU conv emitter handle
+    grouped convs natively).
+    """
+    allowed = DEPTHWISE_IMPLS if kind == "depthwise" else POINTWISE_IMPLS
+    if impl not in allowed:
+        raise ValueError(f"{kind}_impl: must be one of {allowed}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return "shifted" if kind == "depthwise" else "dot"
+    return "lax"
+
+
+def _pads(x_shape, kernel_shape, stride: int, dilation: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    _, h, w, _ = x_shape
+    kh, kw = kernel_shape[:2]
+    return same_padding(h, kh, stride, dilation), same_padding(w, kw, stride, dilation)
+
+
+def conv_lax(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, groups: int = 1) -> jax.Array:
+    """Reference: XLA's convolution with TF 'SAME' padding."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=_pads(x.shape, kernel.shape, stride, dilation),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=_DIMENSION_NUMBERS,
+        feature_group_count=groups,
+    )
+
+
+def _out_size(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+def _taps(xpad: jax.Array, kh: int, kw: int, ho: int, wo: int, stride: int, dilation: int):
+    """The kh*kw strided views of the padded input, one per kernel tap."""
+    n, _, _, c = xpad.shape
+    for a in range(kh):
+        for b in range(kw):
+            start = (0, a * dilation, b * dilation, 0)
+            limit = (n, a * dilation + (ho - 1) * stride + 1, b * dilation + (wo - 1) * stride + 1, c)
+            yield a, b, lax.slice(xpad, start, limit, (1, stride, stride, 1))
+
+
+def _shifted_forward(x, kernel, stride, dilation):
+    (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, stride, dilation)
+    kh, kw = kernel.shape[:2]
+    ho, wo = _out_size(x.shape[1], stride), _out_size(x.shape[2], stride)
+    xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out = None
+    for a, b, tap in _taps(xpad, kh, kw, ho, wo, stride, dilation):
+        term = tap * kernel[a, b, 0]
+        out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1) -> jax.Array:
+    """Depthwise conv (kernel (kh, kw, 1, C)) as kh*kw shifted multiply-adds."""
+    return _shifted_forward(x, kernel, stride, dilation)
+
+
+def _shifted_fwd(x, kernel, stride, dilation):
+    return _shifted_forward(x, kernel, stride, dilation), (x, kernel)
+
+
+def _shifted_bwd(stride, dilation, residuals, g):
+    x, kernel = residuals
+    (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, stride, dilation)
+    n, h, w, c = x.shape
+    kh, kw = kernel.shape[:2]
+    ho, wo = g.shape[1:3]
+    hp, wp = h + pt + pb, w + pl + pr
+    xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    # Weight gradient: one reduction per tap, accumulated in float32.
+    dkernel = jnp.stack(
+        [jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32) for _, _, tap in _taps(xpad, kh, kw, ho, wo, stride, dilation)]
+    ).reshape(kh, kw, 1, c)
+    # Input gradient: each tap scatters g * w back to where it read from. A pad
+    # with interior padding (stride - 1) is that scatter; XLA fuses the sum.
+    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+    dxpad = None
+    for a in range(kh):
+        for b in range(kw):
+            lo_h, lo_w = a * dilation, b * dilation
+            term = lax.pad(
+                g * kernel[a, b, 0],
+                jnp.zeros((), g.dtype),
+                ((0, 0, 0), (lo_h, hp - lo_h - span_h, stride - 1), (lo_w, wp - lo_w - span_w, stride - 1), (0, 0, 0)),
+            )
+            dxpad = term if dxpad is None else dxpad + term
+    dx = dxpad[:, pt : pt + h, pl : pl + w, :]
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+depthwise_shifted.defvjp(_shifted_fwd, _shifted_bwd)
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, impl: str = "auto") -> jax.Array:
+    """3x3 (any kxk) depthwise conv with TF 'SAME' padding; kernel (kh, kw, 1, C)."""
+    impl = resolve_impl("depthwise", impl)
+    if impl == "shifted":
+        return depthwise_shifted(x, kernel, stride, dilation)
+    return conv_lax(x, kernel, stride, dilation, groups=x.shape[-1])
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+    """1x1 conv; kernel (1, 1, C_in, C_out)."""
+    impl = resolve_impl("pointwise", impl)
+    if impl == "dot":
+        return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    return conv_lax(x, kernel)

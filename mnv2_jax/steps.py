@@ -1,0 +1,166 @@
+"""The compiled pieces of training: train state, train step, eval step.
+
+Pure functions of (state, batch); the loop in `mnv2_jax.train` jits them over
+a device mesh. Data parallelism is SPMD: the batch is sharded along the mesh's
+'data' axis, the state is replicated, and XLA inserts the gradient all-reduce.
+Batch norm over the global batch needs nothing more (the mean over a sharded
+axis is a cross-device mean). Batch norm per group of `bn_group_size`
+examples (the paper's 16 workers each normalised their own 96) vmaps the
+model over groups, so each group sees only its own statistics -- on one
+device or many alike; the groups' running statistics are averaged in the
+step, so evaluation and checkpoints always see one set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mnv2_jax import optim
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    ema_params: PyTree
+    ema_batch_stats: PyTree
+    rng: jax.Array
+
+
+def create_train_state(model, tx: optax.GradientTransformation, resolution: int, seed: int) -> TrainState:
+    """Initial state; the EMA starts equal to the initial weights (as TF's)."""
+    rng = jax.random.PRNGKey(seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    x = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+    variables = model.init(init_rng, x, train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        ema_params=params,
+        ema_batch_stats=batch_stats,
+        rng=dropout_rng,
+    )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross entropy with label smoothing, in float32."""
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing else (
+        jax.nn.one_hot(labels, num_classes)
+    )
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _is_finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    *,
+    label_smoothing: float,
+    ema_decay: float,
+    bn_groups: int = 1,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """`train_step(state, batch) -> (state, metrics)`.
+
+    A non-finite loss or gradient leaves the state unchanged and reports
+    `finite=False`, so the loop can stop with the last good state intact.
+    """
+
+    def forward(params, batch_stats, images, rng):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        return logits, updates["batch_stats"]
+
+    def loss_fn(params, state: TrainState, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+        images = batch["image"]
+        if bn_groups == 1:
+            logits, batch_stats = forward(params, state.batch_stats, images, rng)
+        else:
+            grouped = images.reshape(bn_groups, -1, *images.shape[1:])
+            rngs = jax.random.split(rng, bn_groups)
+            logits, batch_stats = jax.vmap(forward, in_axes=(None, None, 0, 0))(
+                params, state.batch_stats, grouped, rngs
+            )
+            logits = logits.reshape(-1, logits.shape[-1])
+            batch_stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), batch_stats)
+        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+        return loss, (logits, batch_stats)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state, batch
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if ema_decay:
+            ema_params = optim.ema_update(state.ema_params, params, state.step, ema_decay)
+            ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, state.step, ema_decay)
+        else:
+            ema_params, ema_batch_stats = params, batch_stats
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=ema_params,
+            ema_batch_stats=ema_batch_stats,
+        )
+        finite = jnp.isfinite(loss) & _is_finite(grads)
+        # Keep the last good state: a NaN step changes nothing but the report.
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = {
+            "loss": loss,
+            "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+            "lr": optim.current_learning_rate(state.opt_state),
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model) -> Callable[[dict, dict], dict]:
+    """`eval_step(variables, batch) -> sums` over the real (mask == 1) examples."""
+
+    def eval_step(variables: dict, batch: dict) -> dict:
+        logits = model.apply(variables, batch["image"], train=False)
+        mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
+        labels = batch["label"]
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        return {
+            "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return eval_step
+
+
+def eval_variables(state: TrainState, ema: bool) -> dict:
+    if ema:
+        return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+    return {"params": state.params, "batch_stats": state.batch_stats}
