@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple] = {
     "depthwise_impl": ("auto", "lax", "shifted"),
     "pointwise_impl": ("auto", "lax", "dot"),
     "augment.crop": ("inception", "pad_crop", "none"),
+    "augment.pad_mode": ("constant", "reflect"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
@@ -68,16 +69,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "imagenet2012"
     c.data_dir = ml_collections.config_dict.placeholder(str)
     c.train_split = "train"
-    c.eval_split = "validation"
-    c.num_train_examples = ml_collections.config_dict.placeholder(int)
-    c.shuffle_buffer = 10_000
-    c.cache = False
+    c.eval_split = ml_collections.config_dict.placeholder(str)  # None: 'validation' if present, else 'test'
+    c.num_train_examples = ml_collections.config_dict.placeholder(int)  # None: from TFDS split info
+    c.num_eval_examples = ml_collections.config_dict.placeholder(int)
+    c.shuffle_buffer = 16_384
+    c.cache = ml_collections.config_dict.placeholder(bool)  # None: cache datasets under 1 GiB in memory
+    c.download = False  # let TFDS download and prepare a missing dataset (needs network)
     c.augment = ml_collections.ConfigDict()
     c.augment.crop = "inception"
     c.augment.area_range = (0.05, 1.0)
     c.augment.aspect_ratio_range = (3 / 4, 4 / 3)
     c.augment.min_object_covered = 0.1
     c.augment.pad = 4
+    c.augment.pad_mode = "constant"
     c.augment.flip = True
     c.augment.color_distort = False
     c.eval_crop = 0.875

@@ -35,6 +35,9 @@ class TrainState:
     ema_params: PyTree
     ema_batch_stats: PyTree
     rng: jax.Array
+    # Running sums of the train metrics since the last log line (loss, top1,
+    # steps): part of the state so that a resumed run logs the same averages.
+    metric_sums: jax.Array
 
 
 def create_train_state(model, tx: optax.GradientTransformation, resolution: int, seed: int) -> TrainState:
@@ -52,6 +55,7 @@ def create_train_state(model, tx: optax.GradientTransformation, resolution: int,
         ema_params=params,
         ema_batch_stats=batch_stats,
         rng=dropout_rng,
+        metric_sums=jnp.zeros((3,), jnp.float32),
     )
 
 
@@ -119,7 +123,9 @@ def make_train_step(
             ema_batch_stats = optim.ema_update(state.ema_batch_stats, batch_stats, state.step, ema_decay)
         else:
             ema_params, ema_batch_stats = params, batch_stats
+        top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         new_state = state.replace(
+            metric_sums=state.metric_sums + jnp.stack([loss, top1, 1.0]),
             step=state.step + 1,
             params=params,
             batch_stats=batch_stats,
@@ -132,7 +138,7 @@ def make_train_step(
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         metrics = {
             "loss": loss,
-            "top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "top1": top1,
             "grad_norm": optax.global_norm(grads),
             "lr": optim.current_learning_rate(state.opt_state),
             "finite": finite,
@@ -140,6 +146,10 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def reset_metric_sums(state: TrainState) -> TrainState:
+    return state.replace(metric_sums=jnp.zeros_like(state.metric_sums))
 
 
 def make_eval_step(model) -> Callable[[dict, dict], dict]:

@@ -92,34 +92,75 @@ def test_dataset_info_and_steps(mnist_config):
     assert data.steps_per_epoch(make_config(mnist_config.data_dir, batch_size=8192)) == 1
 
 
-def test_train_batches_and_bitwise_resume_across_epochs(mnist_config):
-    steps = data.steps_per_epoch(mnist_config)  # 10
-    uninterrupted = data.train_iterator(mnist_config, start_step=0)
-    batches = [next(uninterrupted) for _ in range(steps + 3)]
-
+def test_train_batches_and_epoch_coverage(mnist_config):
+    plain = make_config(mnist_config.data_dir, augment=dict(crop="none", flip=False, color_distort=False))
+    iterator = data.train_iterator(plain, start_step=0)
+    batches = [next(iterator) for _ in range(11)]
     first = batches[0]
     assert set(first) == {"image", "label"}
     assert first["image"].shape == (450, RES, RES, 3) and first["image"].dtype == np.float32
     assert first["label"].shape == (450,) and first["label"].dtype == np.int32
-    assert first["image"].min() >= -1.0 and first["image"].max() <= 1.0
-    assert first["image"].min() == -1.0  # MNIST background is black
-    # One epoch is every train digit exactly once (batch 450 x 10 steps = 4,500).
-    epoch0 = np.concatenate([b["label"] for b in batches[:steps]])
+    assert first["image"].min() == -1.0 and first["image"].max() == 1.0  # black background, white ink
+    # One epoch (10 steps of 450) is every train digit exactly once; the next epoch is shuffled anew.
+    epoch0 = np.concatenate([b["label"] for b in batches[:10]])
     np.testing.assert_array_equal(np.bincount(epoch0, minlength=10), [450] * 10)
-    # Epochs are shuffled differently.
-    assert not np.array_equal(batches[0]["label"], batches[steps]["label"])
+    assert not np.array_equal(batches[0]["label"], batches[10]["label"])
 
-    # Resume mid-epoch, two steps before the epoch boundary, and read across it.
-    start = steps - 2
-    resumed = data.train_iterator(mnist_config, start_step=start)
+
+def test_resume_is_bitwise_identical_across_an_epoch_boundary(mnist_config):
+    # Epochs of 10 steps x 90 over a 900-example subset keep this fast; full augmentation on.
+    config = make_config(mnist_config.data_dir, batch_size=90, num_train_examples=900)
+    steps = data.steps_per_epoch(config)
+    assert steps == 10
+    uninterrupted = data.train_iterator(config, start_step=0)
+    batches = [next(uninterrupted) for _ in range(steps + 3)]
+    assert all(b["image"].min() >= -1.0 and b["image"].max() <= 1.0 for b in batches)
+
+    start = steps - 2  # mid-epoch, two steps before the boundary, read across it
+    resumed = data.train_iterator(config, start_step=start)
     for k in range(start, steps + 3):
         batch = next(resumed)
         np.testing.assert_array_equal(batch["label"], batches[k]["label"])
         np.testing.assert_array_equal(batch["image"], batches[k]["image"])  # bitwise, augmentation included
+    # Resuming exactly at the boundary too.
+    np.testing.assert_array_equal(
+        next(data.train_iterator(config, start_step=steps))["image"], batches[steps]["image"]
+    )
 
     # A different seed gives different batches.
-    other = next(data.train_iterator(make_config(mnist_config.data_dir, seed=8), start_step=0))
-    assert not np.array_equal(other["label"], first["label"])
+    other = next(data.train_iterator(make_config(mnist_config.data_dir, batch_size=90, seed=8), start_step=0))
+    assert not np.array_equal(other["label"], batches[0]["label"])
+
+
+RESUME_SCRIPT = """
+import hashlib, json, sys
+import ml_collections
+from mnv2_jax import data
+config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
+batch = next(data.train_iterator(config, start_step=int(sys.argv[2])))
+print(hashlib.sha256(batch["image"].tobytes() + batch["label"].tobytes()).hexdigest())
+"""
+
+
+def test_resume_in_a_fresh_process_is_bitwise_identical(mnist_config):
+    """What a restarted job does: a new interpreter, a new TensorFlow runtime, the same step."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    config = make_config(mnist_config.data_dir, batch_size=64)
+    iterator = data.train_iterator(config, start_step=0)
+    batch = [next(iterator) for _ in range(3)][-1]
+    expected = hashlib.sha256(batch["image"].tobytes() + batch["label"].tobytes()).hexdigest()
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, json.dumps(config.to_dict()), "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.stdout.strip().splitlines()[-1] == expected
 
 
 def test_eval_covers_every_example_once(mnist_config):
@@ -140,6 +181,21 @@ def test_eval_covers_every_example_once(mnist_config):
     np.testing.assert_array_equal(again[0]["image"], batches[0]["image"])
 
 
+def test_processes_read_disjoint_parts(mnist_config, monkeypatch):
+    """Two processes (simulated): each eval part once, the same number of eval batches on both
+    (an eval step is a collective), and per-process train batches of batch_size // 2."""
+    parts = []
+    for index in range(2):
+        monkeypatch.setattr(data, "_process", lambda index=index: (index, 2))
+        parts.append(list(data.eval_iterator(make_config(mnist_config.data_dir, eval_batch_size=96))))
+        train = next(data.train_iterator(mnist_config, start_step=0))
+        assert train["image"].shape == (225, RES, RES, 3)
+    assert [len(p) for p in parts] == [6, 6]  # 250 examples per process in batches of 48
+    assert all(b["image"].shape[0] == 48 for p in parts for b in p)
+    labels = np.concatenate([b["label"][b["mask"] == 1] for p in parts for b in p])
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), [50] * 10)
+
+
 def test_eval_central_crop_matches_tf_slim():
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -148,7 +204,7 @@ def test_eval_central_crop_matches_tf_slim():
     image = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
     feature = tfds.features.Image(shape=(None, None, 3))
     settings = data.InputConfig(dataset="x", resolution=24, eval_crop=0.875)
-    got = data.preprocess_eval(tf.io.encode_png(image), settings, data._decoder(feature)).numpy()
+    got = data.preprocess_eval(tf.io.encode_png(image), settings, data.image_decoder(feature)).numpy()
 
     # By hand: offsets int((40 - 35) / 2) = 2 and int((30 - 26.25) / 2) = 1, the rest is the crop.
     crop = image[2:38, 1:29].astype(np.float32) / 255.0
@@ -159,14 +215,17 @@ def test_eval_central_crop_matches_tf_slim():
 
     # JPEG path: decoded inside the crop window only; the same crop up to JPEG's decoding differences.
     jpeg = tf.io.encode_jpeg(image, quality=100)
-    via_window = data.preprocess_eval(jpeg, settings, data._decoder(None)).numpy()
+    via_window = data.preprocess_eval(jpeg, settings, data.image_decoder(None)).numpy()
     full = tf.io.decode_jpeg(jpeg).numpy()[2:38, 1:29].astype(np.float32) / 255.0
     by_hand = (tf.image.resize(full, [24, 24]).numpy() - 0.5) * 2.0
     assert np.abs(via_window - by_hand).mean() < 0.02
 
     # eval_crop=1.0 is a plain resize.
-    whole = data.preprocess_eval(tf.io.encode_png(image), settings.__class__(dataset="x", resolution=24, eval_crop=1.0), data._decoder(feature))
-    np.testing.assert_allclose(whole.numpy(), (tf.image.resize(image / 255.0, [24, 24]).numpy() - 0.5) * 2.0, atol=1e-5)
+    no_crop = data.InputConfig(dataset="x", resolution=24, eval_crop=1.0)
+    whole = data.preprocess_eval(tf.io.encode_png(image), no_crop, data.image_decoder(feature)).numpy()
+    np.testing.assert_allclose(
+        whole, (tf.image.resize(image / 255.0, [24, 24]).numpy() - 0.5) * 2.0, atol=1e-5
+    )
 
 
 def test_inception_crop_window_is_in_range():
@@ -192,8 +251,12 @@ def test_inception_crop_window_is_in_range():
 
 def test_pad_crop_and_no_crop(mnist_config):
     plain = make_config(mnist_config.data_dir, augment=dict(crop="none", flip=False, color_distort=False))
-    padded = make_config(mnist_config.data_dir, augment=dict(crop="pad_crop", pad=0, flip=False, color_distort=False))
-    shifted = make_config(mnist_config.data_dir, augment=dict(crop="pad_crop", pad=4, flip=False, color_distort=False))
+    padded = make_config(
+        mnist_config.data_dir, augment=dict(crop="pad_crop", pad=0, flip=False, color_distort=False)
+    )
+    shifted = make_config(
+        mnist_config.data_dir, augment=dict(crop="pad_crop", pad=4, flip=False, color_distort=False)
+    )
     a = next(data.train_iterator(plain, 0))
     b = next(data.train_iterator(padded, 0))
     c = next(data.train_iterator(shifted, 0))
@@ -208,7 +271,13 @@ def test_inception_pipeline_on_mock_data(tmp_path, name):
     import tensorflow_datasets as tfds
 
     config = make_config(
-        str(tmp_path), dataset=name, eval_split=None, batch_size=4, eval_batch_size=8, shuffle_buffer=16, cache=False
+        str(tmp_path),
+        dataset=name,
+        eval_split=None,
+        batch_size=4,
+        eval_batch_size=8,
+        shuffle_buffer=16,
+        cache=False,
     )
     with tfds.testing.mock_data(num_examples=12):
         # Mocked builders know no split sizes: the config must give the number of train examples.
@@ -242,5 +311,5 @@ def test_unknown_and_unprepared_datasets(tmp_path):
 
 def test_synthetic_input_benchmark():
     config = make_config(None, dataset="imagenet2012", batch_size=8, resolution=RES)
-    rate = data.input_benchmark(config, num_batches=2, synthetic=True)
-    assert rate > 0
+    assert data.input_benchmark(config, num_batches=2, synthetic=True) > 0
+    assert data.input_benchmark_synthetic(resolution=RES, batch_size=8, num_batches=2) > 0

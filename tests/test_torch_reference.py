@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,14 +22,23 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_mnv2.py"
 
 
 @pytest.fixture(scope="module")
-def tm() -> ModuleType:
-    """benchmarks/torch_mnv2.py imported by path (benchmarks/ is not a package)."""
+def tm() -> Iterator[ModuleType]:
+    """benchmarks/torch_mnv2.py imported by path (benchmarks/ is not a package).
+
+    One intra-op thread while these tests run: the inputs are tiny, and on a busy
+    machine OpenMP's barriers make multi-threaded tiny ops hundreds of times slower.
+    """
     spec = importlib.util.spec_from_file_location("torch_mnv2", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield module
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("width", [0.35, 1.0])

