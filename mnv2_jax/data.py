@@ -12,6 +12,10 @@ is what makes "rerun the command to resume" exact. How:
 * decoding and augmentation run in a parallel, order-preserving map whose randomness is stateless,
   keyed by `(seed, process, epoch, position in epoch)`.
 
+Two consequences: resuming mid-epoch reads (but does not decode) the epoch's examples up to the step;
+and the shuffle seed goes through TensorFlow's op-seed mechanism, so a TF global seed
+(`tf.random.set_seed`), if anyone sets one, must be the same in the run and in its resumption.
+
 Preprocessing follows TF-Slim's `inception_preprocessing.py`, which produced the paper's numbers:
 train = random crop covering 5-100% of the image with aspect ratio 3/4-4/3, bilinear resize, left-right
 flip, optional colour distortion; eval = central 87.5% crop, bilinear resize. Pixels end in [-1, 1];
@@ -238,9 +242,15 @@ def _eval_split(settings: InputConfig, builder) -> str:
 
 
 def _num_train_examples(settings: InputConfig, builder) -> int:
-    if settings.num_train_examples is not None:
-        return int(settings.num_train_examples)
     size = _split_size(builder, settings.train_split)
+    if settings.num_train_examples is not None:
+        # More than the split holds would make epochs end early and break step -> batch determinism.
+        if size is not None and settings.num_train_examples > size:
+            raise ValueError(
+                f"config.num_train_examples={settings.num_train_examples} exceeds the {size} examples "
+                f"of {settings.dataset!r} split {settings.train_split!r}"
+            )
+        return int(settings.num_train_examples)
     if size is None:
         raise ValueError(
             f"Dataset {settings.dataset!r} reports no size for split {settings.train_split!r} "

@@ -1,0 +1,312 @@
+"""Export to a TF SavedModel and a TFLite flatbuffer (float32 or full-integer int8).
+
+Route (jax 0.10 / TF 2.21): batch norm is folded into the convs, the folded
+network is a plain JAX function of the input with the weights as constants,
+`jax2tf.convert` wraps its StableHLO in one `XlaCallModule` op (native
+serialization; jax2tf's older TF-graph mode has been removed from JAX), and
+`tf.saved_model.save` writes it. `tf.lite.TFLiteConverter` legalizes that
+StableHLO into TFLite builtins -- CONV_2D and DEPTHWISE_CONV_2D with the bias
+and ReLU6 fused, the TF 'SAME' padding recognised -- so the flatbuffer is
+the graph a hand-written TFLite MobileNetV2 would have. int8 is TFLite's
+full-integer post-training quantization: every op int8 (the converter fails
+rather than leave a float op), int8 input and output, activation ranges from
+a representative (calibration) set.
+
+Why fold and not export `module.apply`: inference needs no batch norm, and
+folded convs are what TFLite fuses and what int8 quantizes per channel;
+unfolded, the converter would see separate multiply/add ops. The folded
+function uses XLA's convolution (`mnv2_jax.layers.conv_lax`), not the
+shifted-slice depthwise kernel our CPU training uses, because the
+converter maps a convolution op to DEPTHWISE_CONV_2D but would turn nine
+strided slices into nine ops.
+
+Every export checks itself: the SavedModel and the TFLite model run on
+the calibration (or random) images, and their outputs are compared with
+the unfolded JAX model's (`export.json` records the errors, and a float
+export that disagrees by more than 1e-3 relative fails).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from mnv2_jax import layers
+from mnv2_jax.spec import Architecture
+
+FORMATS = ("tflite", "savedmodel")
+QUANTIZATIONS = (None, "int8")
+FLOAT_TOLERANCE = 1e-3  # relative to the output's scale; float32 exports agree to ~1e-6
+
+
+# --- Batch-norm folding ------------------------------------------------------------------------
+
+
+def _fold(conv: dict, bn: dict, stats: dict, epsilon: float) -> dict:
+    """conv -> BN(x) = scale * (x - mean) / sqrt(var + eps) + bias  ==  conv' + b'."""
+    scale = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(stats["var"], np.float64) + epsilon)
+    kernel = np.asarray(conv["kernel"], np.float64) * scale  # output channels are the last axis
+    bias = np.asarray(bn["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * scale
+    return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
+
+
+def folded_apply(arch: Architecture, params: dict, x: Any) -> Any:
+    """The network with batch norm folded: convs with bias, read from `arch` like the module.
+
+    Returns logits, or the pooled features when `arch.num_classes == 0`.
+    Mirrors `mnv2_jax.model.InvertedResidual` (expansion and bottleneck
+    shortcuts, ReLU6 bottleneck ablation, dilation), so any architecture the
+    module builds exports.
+    """
+    import jax.numpy as jnp
+
+    def unit(p: dict, x, stride: int = 1, dilation: int = 1, depthwise: bool = False, relu6: bool = True):
+        groups = x.shape[-1] if depthwise else 1
+        y = layers.conv_lax(x, p["kernel"], stride, dilation, groups) + p["bias"]
+        return jnp.clip(y, 0, 6) if relu6 else y
+
+    x = unit(params["stem"], x, arch.stem.stride)
+    for b in arch.blocks:
+        p = params[b.name]
+        inputs = x
+        if b.has_expansion:
+            x = unit(p["expand"], x)
+        expanded = x
+        x = unit(p["depthwise"], x, b.stride, b.dilation, depthwise=True)
+        if b.shortcut == "expansion":
+            x = x + expanded
+        x = unit(p["project"], x, relu6=b.bottleneck_activation == "relu6")
+        if b.shortcut == "bottleneck":
+            x = x + inputs
+    x = unit(params["head"], x)
+    x = jnp.mean(x, axis=(1, 2))
+    if arch.num_classes:
+        x = x @ params["classifier"]["kernel"] + params["classifier"]["bias"]
+    return x
+
+
+def fold_batch_norm(module: Any, variables: dict) -> tuple[Callable[[dict, Any], Any], dict]:
+    """`(apply_fn, folded_params)` with `apply_fn(folded_params, x)` == the module in eval mode.
+
+    Uses the module's `bn_epsilon` and the running statistics; folds in
+    float64 and stores float32. Dropout is the identity at inference.
+    """
+    params, stats, eps = variables["params"], variables["batch_stats"], module.bn_epsilon
+    arch: Architecture = module.arch
+    folded: dict[str, Any] = {}
+    for name in ("stem", "head"):
+        folded[name] = _fold(params[name]["conv"], params[name]["bn"], stats[name]["bn"], eps)
+    for b in arch.blocks:
+        units = ("expand", "depthwise", "project") if b.has_expansion else ("depthwise", "project")
+        folded[b.name] = {
+            u: _fold(params[b.name][u]["conv"], params[b.name][u]["bn"], stats[b.name][u]["bn"], eps)
+            for u in units
+        }
+    if arch.num_classes:
+        folded["classifier"] = {
+            "kernel": np.asarray(params["classifier"]["kernel"], np.float32),
+            "bias": np.asarray(params["classifier"]["bias"], np.float32),
+        }
+    return functools.partial(folded_apply, arch), folded
+
+
+# --- Conversion --------------------------------------------------------------------------------
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    # TensorFlow must not take a GPU from JAX (DESIGN.md section 4); tensorflow-cpu sees none anyway.
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def _calibration_images(calibration: Any, resolution: int, count: int = 64) -> tuple[np.ndarray, bool]:
+    """Calibration images as one float32 array; random ones (flagged) when none are given."""
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        return rng.uniform(-1, 1, (count, resolution, resolution, 3)).astype(np.float32), True
+    if isinstance(calibration, np.ndarray) or hasattr(calibration, "shape"):
+        images = np.asarray(calibration, np.float32)
+    else:
+        images = np.concatenate([np.asarray(b, np.float32).reshape(-1, resolution, resolution, 3) for b in calibration])
+    if images.ndim != 4 or images.shape[1:] != (resolution, resolution, 3):
+        raise ValueError(
+            f"calibration: expected images of shape (N, {resolution}, {resolution}, 3) in [-1, 1], "
+            f"got {images.shape}"
+        )
+    return images, False
+
+
+def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+
+
+def to_saved_model(apply_fn: Callable, params: dict, resolution: int, path: str) -> Any:
+    """Write a SavedModel with signature `serving_default(images[b, r, r, 3]) -> {'logits'}`.
+
+    The batch is symbolic (`b`), so the SavedModel serves any batch size;
+    the weights are constants in the serialized StableHLO.
+    """
+    import jax
+    from jax.experimental import jax2tf
+
+    tf = _tf()
+    params = jax.tree.map(np.asarray, params)
+    converted = jax2tf.convert(
+        lambda x: apply_fn(params, x),
+        polymorphic_shapes=["(b, ...)"],
+        with_gradient=False,
+        # The SavedModel runs where TF runs: on CPU here, whatever backend JAX exported from.
+        native_serialization_platforms=("cpu",),
+    )
+    spec = tf.TensorSpec((None, resolution, resolution, 3), tf.float32, name="images")
+    serve = tf.function(lambda images: {"logits": converted(images)}, input_signature=[spec], autograph=False)
+    holder = tf.Module()
+    holder.serve = serve
+    tf.saved_model.save(holder, path, signatures={"serving_default": serve.get_concrete_function()})
+    return holder
+
+
+def to_tflite(
+    apply_fn: Callable,
+    params: dict,
+    resolution: int,
+    quantize: str | None = None,
+    calibration: np.ndarray | None = None,
+) -> bytes:
+    """A TFLite flatbuffer with batch 1 (how phones run it; fixed shapes let XNNPACK plan ahead)."""
+    import jax
+    from jax.experimental import jax2tf
+
+    tf = _tf()
+    params = jax.tree.map(np.asarray, params)
+    converted = jax2tf.convert(
+        lambda x: apply_fn(params, x), with_gradient=False, native_serialization_platforms=("cpu",)
+    )
+    spec = tf.TensorSpec((1, resolution, resolution, 3), tf.float32, name="images")
+    serve = tf.function(lambda images: {"logits": converted(images)}, input_signature=[spec], autograph=False)
+    holder = tf.Module()
+    holder.serve = serve
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], holder)
+    if quantize == "int8":
+        if calibration is None:
+            raise ValueError("int8 quantization needs calibration images")
+
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return converter.convert()
+
+
+def export(
+    variables: dict,
+    module: Any,
+    resolution: int,
+    out_dir: str,
+    format: str = "tflite",
+    quantize: str | None = None,
+    calibration: np.ndarray | Iterable[np.ndarray] | None = None,
+) -> dict:
+    """Export `module` with `variables` for `resolution` x `resolution` inputs in [-1, 1].
+
+    Writes into `out_dir`: `saved_model/` (always: the SavedModel is also the
+    route to TFLite), `model.tflite` or `model_int8.tflite` for
+    `format='tflite'`, and `export.json` (the returned report). `calibration`:
+    float images (N, r, r, 3) in [-1, 1], an array or an iterable of batches;
+    it drives the int8 activation ranges and the checks. Without it, 64
+    uniform-noise images are used -- enough to check the conversion, but real
+    images give int8 ranges (and agreement figures) that mean something.
+
+    The report holds `max_rel_error` per artefact (vs the unfolded JAX model,
+    relative to the output's largest magnitude) and, for int8 with a
+    classifier, `int8_top1_agreement`: the fraction of calibration images
+    whose int8 top-1 class equals the float JAX model's.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format: must be one of {FORMATS}, got {format!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize: must be one of {QUANTIZATIONS}, got {quantize!r}")
+    if quantize and format != "tflite":
+        raise ValueError("quantize='int8' applies to format='tflite' only")
+    import jax
+
+    from mnv2_jax.interop import tflite
+
+    tf = _tf()
+    images, synthetic = _calibration_images(calibration, resolution)
+    os.makedirs(out_dir, exist_ok=True)
+    # The reference: the unfolded module in eval mode, XLA's own convs (any backend).
+    reference_module = module.clone(depthwise_impl="lax", pointwise_impl="lax")
+    reference_fn = jax.jit(lambda v, x: reference_module.apply(v, x, train=False))
+    reference = np.concatenate([np.asarray(reference_fn(variables, images[i : i + 16])) for i in range(0, len(images), 16)])
+
+    apply_fn, folded = fold_batch_norm(module, variables)
+    report: dict[str, Any] = {
+        "format": format,
+        "quantize": quantize,
+        "resolution": resolution,
+        "width": module.arch.width,
+        "num_classes": module.arch.num_classes,
+        "output": "logits" if module.arch.num_classes else "pre_logits",
+        "input": "images (batch, resolution, resolution, 3), float32 in [-1, 1]",
+        "check_images": len(images),
+        "check_images_synthetic": synthetic,
+        "route": "jax2tf.convert (native serialization, StableHLO in XlaCallModule) -> tf.saved_model.save; "
+        "tf.lite.TFLiteConverter.from_concrete_functions (StableHLO legalized to TFLite builtins)",
+        "versions": {"jax": jax.__version__, "tensorflow": tf.__version__},
+    }
+
+    saved_model_dir = os.path.join(out_dir, "saved_model")
+    to_saved_model(apply_fn, folded, resolution, saved_model_dir)
+    loaded = tf.saved_model.load(saved_model_dir)
+    served = loaded.signatures["serving_default"](images=tf.constant(images[:16]))["logits"].numpy()
+    report["saved_model"] = saved_model_dir
+    report["saved_model_max_rel_error"] = _relative_error(served, reference[:16])
+
+    if format == "tflite":
+        flatbuffer = to_tflite(apply_fn, folded, resolution, quantize, images)
+        path = os.path.join(out_dir, "model_int8.tflite" if quantize else "model.tflite")
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        out = tflite.run(flatbuffer, images if quantize else images[:16])
+        report["tflite"] = path
+        report["tflite_bytes"] = len(flatbuffer)
+        report["tflite_max_rel_error"] = _relative_error(out, reference[: len(out)])
+        if quantize and module.arch.num_classes:
+            agree = np.argmax(out, axis=-1) == np.argmax(reference, axis=-1)
+            report["int8_top1_agreement"] = float(agree.mean())
+    with open(os.path.join(out_dir, "export.json"), "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    if report["saved_model_max_rel_error"] > FLOAT_TOLERANCE or (
+        not quantize and report.get("tflite_max_rel_error", 0.0) > FLOAT_TOLERANCE
+    ):
+        raise RuntimeError(f"export check failed: outputs differ from the JAX model ({report})")
+    return report
+
+
+def load_for_export(path: str) -> tuple[Any, dict, Any]:
+    """`(module, variables, config)` from a run's workdir or an imported-weights directory."""
+    if os.path.exists(os.path.join(path, "variables.msgpack")):
+        from mnv2_jax.interop.keras import load_imported_run
+
+        return load_imported_run(path)
+    from mnv2_jax import load_run
+
+    return load_run(path)
