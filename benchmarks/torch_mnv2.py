@@ -90,10 +90,10 @@ class SameConv2d(nn.Conv2d):
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,
-        padding_mode_tf: str = "tf",
+        pad_mode: str = "tf",
     ) -> None:
-        if padding_mode_tf not in PADDINGS:
-            raise ValueError(f"padding: must be one of {PADDINGS}, got {padding_mode_tf!r}")
+        if pad_mode not in PADDINGS:
+            raise ValueError(f"padding: must be one of {PADDINGS}, got {pad_mode!r}")
         super().__init__(
             in_channels,
             out_channels,
@@ -104,24 +104,18 @@ class SameConv2d(nn.Conv2d):
             groups=groups,
             bias=False,
         )
-        self.tf_padding = padding_mode_tf == "tf"
-        self._pads: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self.tf_padding = pad_mode == "tf"
 
-    def _padding_for(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """(top, bottom, left, right) for an input of this size."""
-        key = (height, width)
-        if key not in self._pads:
-            k, s, d = self.kernel_size[0], self.stride[0], self.dilation[0]
-            if self.tf_padding:
-                top, bottom = same_padding(height, k, s, d)
-                left, right = same_padding(width, k, s, d)
-            else:
-                top = bottom = left = right = (k - 1) * d // 2
-            self._pads[key] = (top, bottom, left, right)
-        return self._pads[key]
+    def padding_for(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) for an input of this size (plain ints: no state for torch.compile)."""
+        k, s, d = self.kernel_size[0], self.stride[0], self.dilation[0]
+        if not self.tf_padding:
+            p = (k - 1) * d // 2
+            return p, p, p, p
+        return (*same_padding(height, k, s, d), *same_padding(width, k, s, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom, left, right = self._padding_for(x.shape[-2], x.shape[-1])
+        top, bottom, left, right = self.padding_for(x.shape[-2], x.shape[-1])
         if top == bottom and left == right:
             padding: tuple[int, int] = (top, left)
         else:

@@ -125,6 +125,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=None if args.json else 2))
 
 
+def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> None:
+    from mnv2_jax import sweeps
+
+    code = sweeps.main(args, extra)
+    if code:
+        sys.exit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnv2",
@@ -168,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (with --tflite)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    from mnv2_jax import sweeps  # standard library only at import: the parser stays instant
+
+    p = sweeps.add_parser(sub)
+    p.set_defaults(func=cmd_sweep, takes_extra=True)
 
     return parser
 

@@ -140,7 +140,9 @@ def make_train_step(
             "loss": loss,
             "top1": top1,
             "grad_norm": optax.global_norm(grads),
-            "lr": optim.current_learning_rate(state.opt_state),
+            # The new optimizer state holds the hyperparameters this update used (the old one: the
+            # previous update's), so that the logged lr at step k is the one that produced step k.
+            "lr": optim.current_learning_rate(opt_state),
             "finite": finite,
         }
         return new_state, metrics

@@ -60,8 +60,9 @@ def _keras():
     return keras
 
 
-def _numpy(value: Any) -> np.ndarray:
-    return np.asarray(_keras().ops.convert_to_numpy(value), dtype=np.float32)
+def _numpy(variable: Any) -> np.ndarray:
+    """A Keras variable's value (any backend) as float32 numpy."""
+    return np.array(variable.numpy(), dtype=np.float32)
 
 
 def _keras_prefix(index: int) -> str:
@@ -382,9 +383,9 @@ def import_keras_weights(width: float, resolution: int, out_dir: str, weights_pa
         raise RuntimeError(
             f"could not download the Keras ImageNet weights for MobileNetV2 alpha={width}, "
             f"resolution={resolution} ({type(e).__name__}: {e}). Without network access, fetch "
-            f"{KERAS_WEIGHTS_URL}{filename} on a machine that has it and copy it to {cache}/{filename} "
-            "(Keras' cache, also ~/.keras/models/ by default), or pass its path as weights_path; "
-            "then rerun."
+            f"{KERAS_WEIGHTS_URL}{filename} on a machine that has it and copy it into Keras' cache "
+            f"directory {cache}/ (~/.keras/models/ unless KERAS_HOME is set), or pass the file's path as "
+            "weights_path (`mnv2 import-keras --weights FILE`); then rerun."
         ) from e
     module, variables = from_keras(model)
     config = imported_config(

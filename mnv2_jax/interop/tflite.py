@@ -117,7 +117,9 @@ def benchmark(tflite_path: str, threads: int = 1, repeats: int = 50, warmup: int
     if not os.path.exists(tflite_path):
         raise ValueError(f"--tflite: no such file {tflite_path!r}")
     if threads < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"threads and repeats must be >= 1, warmup >= 0 (got {threads}, {repeats}, {warmup})")
+        raise ValueError(
+            f"threads and repeats must be >= 1, warmup >= 0 (got {threads}, {repeats}, {warmup})"
+        )
     with pinned(threads) as cpus:
         interp = interpreter(model_path=tflite_path, threads=threads)
         (inp,) = interp.get_input_details()

@@ -1,0 +1,125 @@
+"""Shared test setup: environment before JAX initialises, and small shared models.
+
+The environment is set at import time (pytest imports this file before any test
+module), so it reaches JAX in this process and in every subprocess a test starts:
+
+* a persistent compilation cache (default `<repo>/.cache/jax`, gitignored) so
+  reruns and subprocesses skip XLA compiles; every entry is cached, however
+  small or quick to compile;
+* 8 simulated CPU devices for the data-parallel tests (appended to XLA_FLAGS
+  unless a device count is already given); single-device code runs on device
+  0 as before;
+* wandb disabled, TensorFlow's C++ logging quiet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if "jax" in sys.modules:  # a plugin imported JAX first: the env vars came too late for the cache
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+# The tiny model the model tests share: every row of Table 2 with at most two
+# blocks each (so stride-2 blocks, identity blocks with shortcuts and both
+# kinds of block 0 are all present), width 0.35 and an input size whose
+# feature maps are odd on the way down (36 -> 18 -> 9 -> 5 -> 3 -> 2).
+TINY = dict(width=0.35, max_repeats=2, num_classes=10)
+TINY_RESOLUTION = 36
+
+
+def random_variables(model, resolution: int, seed: int = 0) -> dict:
+    """Variables of `model` with random values, without compiling its init.
+
+    Kernels are He-normal; batch norm gets non-trivial scale, offset and
+    moving statistics so that inference-mode batch norm is not the identity
+    (a test comparing two variants then sees every layer's effect). `init`
+    itself is traced only (`jax.eval_shape`): compiling it costs seconds of
+    random-number code on CPU.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, resolution, resolution, 3)), train=False)
+    )
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        shape = leaf.shape
+        if name.endswith("kernel"):
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        elif name.endswith("scale"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith("var"):
+            value = rng.uniform(0.5, 2.0, shape)
+        else:  # bn bias, moving mean, classifier bias
+            value = rng.normal(0.0, 0.2, shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@dataclasses.dataclass
+class TinyModel:
+    """A shared tiny model, its variables and inputs, with jitted functions cached per variant."""
+
+    model: object
+    variables: dict
+    x: object
+    resolution: int
+    _cache: dict = dataclasses.field(default_factory=dict)
+
+    def variant(self, **overrides):
+        """The same tiny network with other settings (`create_model` keyword arguments)."""
+        from mnv2_jax.model import create_model
+
+        return create_model(**{**TINY, **overrides})
+
+    def features(self, model=None, variables=None, x=None):
+        """`(logits, features)` in inference mode; one compile per distinct model."""
+        import jax
+
+        model = self.model if model is None else model
+        key = ("features", repr(model))
+        if key not in self._cache:
+            self._cache[key] = jax.jit(lambda v, x: model.apply(v, x, train=False, return_features=True))
+        return self._cache[key](
+            self.variables if variables is None else variables, self.x if x is None else x
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    import jax
+
+    from mnv2_jax.model import create_model
+
+    model = create_model(**TINY)
+    shape = (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)
+    x = jax.numpy.asarray(np.random.default_rng(1).uniform(-1.0, 1.0, shape).astype(np.float32))
+    return TinyModel(model, random_variables(model, TINY_RESOLUTION), x, TINY_RESOLUTION)

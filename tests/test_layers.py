@@ -1,0 +1,230 @@
+"""Convolution kernels (`mnv2_jax.layers`): every implementation against XLA's own convolution,
+outputs and gradients, and TF's 'SAME' padding (the extra row/column goes bottom/right)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mnv2_jax import layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _rand(seed, shape, dtype=jnp.float32):
+    # NumPy, not jax.random: each new shape would cost an XLA compile of the random-number code.
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32), dtype)
+
+
+def _reference_depthwise(x, kernel, stride, dilation):
+    """Grouped conv with explicitly computed TF 'SAME' padding (independent of `spec.same_padding`)."""
+    pads = []
+    for size, k in zip(x.shape[1:3], kernel.shape[:2]):
+        effective = (k - 1) * dilation + 1
+        out = -(-size // stride)
+        total = max((out - 1) * stride + effective - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (stride, stride),
+        pads,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=DN,
+        feature_group_count=x.shape[-1],
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _assert_close(actual, expected, rtol=1e-5):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    scale = np.max(np.abs(expected)) + 1e-30
+    np.testing.assert_allclose(actual / scale, expected / scale, rtol=0, atol=rtol * 10)
+    # ...and relative to the norm (tight overall, tolerant of float32 summation order per element).
+    assert np.linalg.norm(actual - expected) <= rtol * np.linalg.norm(expected)
+
+
+@functools.partial(jax.jit, static_argnames=("stride", "dilation"))
+def _both_with_grads(x, kernel, cotangent, stride, dilation):
+    """Outputs and input/kernel gradients (VJP with `cotangent`) of 'shifted' and of the reference."""
+    out = {}
+    for name, fn in (
+        ("shifted", lambda x, k: layers.depthwise_conv(x, k, stride, dilation, impl="shifted")),
+        ("lax", lambda x, k: layers.depthwise_conv(x, k, stride, dilation, impl="lax")),
+        ("reference", lambda x, k: _reference_depthwise(x, k, stride, dilation)),
+    ):
+        y, vjp = jax.vjp(fn, x, kernel)
+        out[name] = (y, *vjp(cotangent))
+    return out
+
+
+DEPTHWISE_CASES = [
+    # (height, width, stride, dilation, kernel size)
+    (7, 7, 1, 1, 3),
+    (8, 8, 1, 1, 3),
+    (7, 9, 2, 1, 3),
+    (8, 16, 2, 1, 3),
+    (9, 9, 2, 1, 3),
+    (16, 16, 2, 1, 3),
+    (9, 8, 1, 2, 3),
+    (16, 7, 2, 2, 3),
+    (3, 3, 1, 4, 3),  # dilated kernel wider than the map (atrous tail of the network)
+    (9, 8, 2, 1, 5),
+]
+
+
+@pytest.mark.parametrize("h, w, stride, dilation, k", DEPTHWISE_CASES)
+def test_depthwise_shifted_matches_grouped_conv(h, w, stride, dilation, k):
+    c = 5
+    x = _rand(0, (2, h, w, c))
+    kernel = _rand(1, (k, k, 1, c))
+    ho, wo = -(-h // stride), -(-w // stride)
+    cotangent = _rand(2, (2, ho, wo, c))
+    out = _both_with_grads(x, kernel, cotangent, stride=stride, dilation=dilation)
+    y_ref, dx_ref, dk_ref = out["reference"]
+    assert y_ref.shape == (2, ho, wo, c)
+    for impl in ("shifted", "lax"):
+        y, dx, dk = out[impl]
+        _assert_close(y, y_ref)
+        _assert_close(dx, dx_ref)
+        _assert_close(dk, dk_ref)
+        assert dx.dtype == x.dtype and dk.dtype == kernel.dtype and dk.shape == kernel.shape
+
+
+def test_depthwise_shifted_under_jit_grad():
+    # The custom VJP composes with jax.grad of a scalar loss under jit.
+    x, kernel = _rand(3, (1, 6, 6, 4)), _rand(4, (3, 3, 1, 4))
+
+    def loss(impl, x, k):
+        return jnp.sum(jnp.sin(layers.depthwise_conv(x, k, 2, 1, impl=impl)))
+
+    g_shifted = jax.jit(jax.grad(functools.partial(loss, "shifted"), argnums=(0, 1)))(x, kernel)
+    g_lax = jax.jit(jax.grad(functools.partial(loss, "lax"), argnums=(0, 1)))(x, kernel)
+    for a, b in zip(g_shifted, g_lax):
+        _assert_close(a, b)
+
+
+def test_depthwise_bfloat16_gradients_keep_dtypes():
+    x, kernel = _rand(5, (2, 8, 8, 8), jnp.bfloat16), _rand(6, (3, 3, 1, 8), jnp.bfloat16)
+    g = _rand(7, (2, 4, 4, 8), jnp.bfloat16)
+
+    @jax.jit
+    def run(x, kernel, g):
+        y, vjp = jax.vjp(lambda x, k: layers.depthwise_conv(x, k, 2, impl="shifted"), x, kernel)
+        f32 = [a.astype(jnp.float32) for a in (x, kernel, g)]
+        y32, vjp32 = jax.vjp(lambda x, k: _reference_depthwise(x, k, 2, 1), *f32[:2])
+        return (y, *vjp(g)), (y32, *vjp32(f32[2]))
+
+    (y, dx, dk), expected = run(x, kernel, g)
+    assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16,) * 3
+    for a, b in zip((y, dx, dk), expected):
+        a, b = np.asarray(a, np.float32), np.asarray(b)
+        assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
+
+
+def test_pointwise_dot_matches_lax():
+    x = _rand(8, (2, 5, 7, 12))
+    kernel = _rand(9, (1, 1, 12, 20))
+    cot = _rand(10, (2, 5, 7, 20))
+
+    @jax.jit
+    def run(x, kernel, cot):
+        out = {}
+        for impl in ("dot", "lax"):
+            y, vjp = jax.vjp(lambda x, k, impl=impl: layers.pointwise_conv(x, k, impl=impl), x, kernel)
+            out[impl] = (y, *vjp(cot))
+        return out
+
+    out = run(x, kernel, cot)
+    expected = np.einsum("nhwc,cd->nhwd", np.asarray(x, np.float64), np.asarray(kernel[0, 0], np.float64))
+    _assert_close(out["lax"][0], expected)
+    for a, b in zip(out["dot"], out["lax"]):
+        _assert_close(a, b)
+
+
+@pytest.mark.parametrize("impl", ["shifted", "lax"])
+def test_same_padding_stride2_even_input_pads_bottom_right_only(impl):
+    """On an 8x8 input a 3x3 stride-2 conv needs one pad row/column: TF puts it bottom/right.
+
+    The input is zero except its first row and column, and the kernel reads only its top-left tap.
+    With TF's padding, output (0, 0) reads input (0, 0); with the pad on top/left it would read the
+    zero padding instead, and every output would shift.
+    """
+    x = np.zeros((1, 8, 8, 2), np.float32)
+    x[0, 0, :, :] = np.arange(1, 9)[:, None]
+    x[0, :, 0, :] = np.arange(1, 9)[:, None] * 10
+    x = jnp.asarray(x + np.arange(64, dtype=np.float32).reshape(1, 8, 8, 1) / 100)
+    kernel = np.zeros((3, 3, 1, 2), np.float32)
+    kernel[0, 0] = 1.0
+    kernel[1, 2] = 0.5
+    kernel = jnp.asarray(kernel)
+    explicit = lax.conv_general_dilated(
+        lax.pad(x, 0.0, ((0, 0, 0), (0, 1, 0), (0, 1, 0), (0, 0, 0))),
+        kernel,
+        (2, 2),
+        "VALID",
+        dimension_numbers=DN,
+        feature_group_count=2,
+    )
+    top_left = lax.conv_general_dilated(
+        lax.pad(x, 0.0, ((0, 0, 0), (1, 0, 0), (1, 0, 0), (0, 0, 0))),
+        kernel,
+        (2, 2),
+        "VALID",
+        dimension_numbers=DN,
+        feature_group_count=2,
+    )
+    assert not np.allclose(explicit, top_left)  # the input is one where the side matters
+    y = jax.jit(functools.partial(layers.depthwise_conv, stride=2, impl=impl))(x, kernel)
+    np.testing.assert_allclose(y, explicit, rtol=1e-6)
+    # Output (0, 0) reads input (0, 0) through the top-left tap (the only one in range there).
+    assert float(y[0, 0, 0, 0]) == pytest.approx(float(x[0, 0, 0, 0] + 0.5 * x[0, 1, 2, 0]))
+
+
+def test_same_padding_regular_conv_stride2():
+    x = _rand(11, (1, 8, 10, 3))
+    kernel = _rand(12, (3, 3, 3, 4))
+    explicit = lax.conv_general_dilated(
+        lax.pad(x, 0.0, ((0, 0, 0), (0, 1, 0), (0, 1, 0), (0, 0, 0))),
+        kernel,
+        (2, 2),
+        "VALID",
+        dimension_numbers=DN,
+    )
+    _assert_close(layers.conv_lax(x, kernel, stride=2), explicit)
+    # Odd input: one pad on each side.
+    x = _rand(13, (1, 9, 9, 3))
+    explicit = lax.conv_general_dilated(
+        lax.pad(x, 0.0, ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0))),
+        kernel,
+        (2, 2),
+        "VALID",
+        dimension_numbers=DN,
+    )
+    _assert_close(layers.conv_lax(x, kernel, stride=2), explicit)
+
+
+def test_resolve_impl():
+    assert layers.resolve_impl("depthwise", "auto", "cpu") == "shifted"
+    assert layers.resolve_impl("pointwise", "auto", "cpu") == "dot"
+    for backend in ("gpu", "cuda", "tpu"):
+        assert layers.resolve_impl("depthwise", "auto", backend) == "lax"
+        assert layers.resolve_impl("pointwise", "auto", backend) == "lax"
+    assert layers.resolve_impl("depthwise", "lax", "cpu") == "lax"
+    assert layers.resolve_impl("depthwise", "shifted", "gpu") == "shifted"
+    assert layers.resolve_impl("pointwise", "dot", "tpu") == "dot"
+    assert layers.resolve_impl("depthwise", "auto") == (
+        "shifted" if jax.default_backend() == "cpu" else "lax"
+    )
+    with pytest.raises(ValueError, match="^depthwise_impl:.*'dot'"):
+        layers.resolve_impl("depthwise", "dot")
+    with pytest.raises(ValueError, match="^pointwise_impl:.*'shifted'"):
+        layers.resolve_impl("pointwise", "shifted")
+    with pytest.raises(ValueError, match="^depthwise_impl:"):
+        layers.depthwise_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 1, 2)), impl="fast")

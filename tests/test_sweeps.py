@@ -1,0 +1,617 @@
+"""Sweeps: the sweep files, run names, validation, the local runner, launch commands, wandb.
+
+Most tests need no JAX: the runner's scheduling (parallel, skip, failure, SIGTERM and resume)
+is exercised with a fake trainer script, and launch commands are checked by executing the
+generated remote script with bash and a fake `python3`. One test runs the real smoke
+config through `mnv2 sweep run` (3-40 steps per run) to check skip, resume and failure end
+to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from mnv2_jax import config as config_lib
+from mnv2_jax import launch, sweeps
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SWEEPS = REPO / "sweeps"
+MNIST = str(REPO / "configs" / "mnist.py")
+
+
+def write_sweep(tmp_path: pathlib.Path, body: str, name: str = "tmp", config: str = MNIST, seeds: int = 1) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(
+        f"NAME = {name!r}\nCONFIG = {config!r}\nWANDB_PROJECT = 'test-project'\nSEEDS = {seeds}\n\n"
+        + textwrap.dedent(body)
+    )
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep files
+
+
+def test_width_resolution_is_the_published_grid():
+    sweep = sweeps.load_sweep(str(SWEEPS / "width_resolution.py"))
+    assert len(sweep.runs) == 22
+    assert sweep.swept_keys == ("width", "resolution")
+    points = {(r.overrides["width"], r.overrides["resolution"]) for r in sweep.runs}
+    grid = {(w, r) for w in (0.35, 0.5, 0.75, 1.0) for r in (96, 128, 160, 192, 224)}
+    assert points == grid | {(1.3, 224), (1.4, 224)}
+    assert all(set(r.overrides) == {"width", "resolution", "seed"} for r in sweep.runs)
+    assert "w0.75_r160_t6_s0" in [r.name for r in sweep.runs]
+    assert sweep.runs[-1].name == "w1.4_r224_t6_s0"
+
+
+def test_expansion_sweep():
+    sweep = sweeps.load_sweep(str(SWEEPS / "expansion.py"))
+    assert len(sweep.runs) == 15
+    assert sweep.swept_keys == ("width", "expansion")
+    assert {r.overrides["expansion"] for r in sweep.runs} == {2.0, 4.0, 6.0, 8.0, 10.0}
+    assert {r.overrides["width"] for r in sweep.runs} == {0.35, 0.5, 1.0}
+    assert "w0.35_r224_t2_s0" in [r.name for r in sweep.runs]
+
+
+def test_ablation_sweeps():
+    fig6a = sweeps.load_sweep(str(SWEEPS / "bottleneck_activation.py"))
+    assert [r.name for r in fig6a.runs] == ["w1.0_r224_t6_s0", "w1.0_r224_t6_s0_relu6"]
+    assert fig6a.swept_keys == ("bottleneck_activation",)
+    fig6b = sweeps.load_sweep(str(SWEEPS / "residual.py"))
+    assert [r.name for r in fig6b.runs] == [
+        "w1.0_r224_t6_s0",
+        "w1.0_r224_t6_s0_res-expansion",
+        "w1.0_r224_t6_s0_res-none",
+    ]
+    # 'none' stays the string 'none' (config.apply_overrides would read bare 'none' as None).
+    assert fig6b.resolved(fig6b.runs[2]).residual == "none"
+
+
+def test_smoke_sweep_is_a_small_mnist_grid():
+    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
+    assert sweep.config.startswith("configs/mnist.py")
+    widths = {r.overrides["width"] for r in sweep.runs}
+    resolutions = {r.overrides["resolution"] for r in sweep.runs}
+    assert len(widths) >= 2 and len(resolutions) >= 2
+    assert len(sweep.runs) == len(widths) * len(resolutions)
+    assert all(sweep.resolved(r).dataset == "mnist_offline" for r in sweep.runs)
+
+
+def test_names_are_unique_and_deterministic():
+    for path in sorted(SWEEPS.glob("*.py")):
+        a, b = sweeps.load_sweep(str(path)), sweeps.load_sweep(str(path))
+        names = [r.name for r in a.runs]
+        assert names == [r.name for r in b.runs], path
+        assert len(set(names)) == len(names), path
+
+
+def test_seeds_expand_seed_major(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        """
+        def sweep(add):
+            for width in (0.35, 0.5):
+                add(width=width)
+            add(width=1.0, seed=7)
+        """,
+        seeds=2,
+    )
+    sweep = sweeps.load_sweep(path)
+    assert [r.name for r in sweep.runs] == [
+        "w0.35_r32_t6_s0",
+        "w0.5_r32_t6_s0",
+        "w1.0_r32_t6_s7",
+        "w0.35_r32_t6_s1",
+        "w0.5_r32_t6_s1",
+    ]
+    assert sweep.swept_keys == ("width", "seed")
+
+
+def test_names_carry_non_default_keys_only(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        """
+        def sweep(add):
+            add(bottleneck_activation="linear", **{"optim.lr": 0.02})
+            add(bottleneck_activation="relu6", residual="expansion", expansion=2.5, **{"optim.lr": 0.01})
+        """,
+    )
+    names = [r.name for r in sweeps.load_sweep(path).runs]
+    # configs/mnist.py sets optim.lr = 0.01 and a linear bottleneck: only departures are named.
+    assert names == ["w0.35_r32_t6_s0_optim.lr-0.02", "w0.35_r32_t2.5_s0_relu6_res-expansion"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("add(width=0.5)\n    add(widht=0.35)", r"run #1 \(widht=0.35, seed=0\): config key 'widht' is not a known key"),
+        ("add(width=0.5)\n    add(width=0.5, residual='sideways')", "run w0.5_r32_t6_s0_res-sideways: config key 'residual'"),
+        ("add(width=-1.0)", "run w-1.0_r32_t6_s0: width"),
+        ("add(width=0.5)\n    add(width=0.5)", "run w0.5_r32_t6_s0 .#1. is identical to run #0"),
+        ("add(width=0.5, resolution=16)", "run w0.5_r16_t6_s0: resolution"),
+    ],
+)
+def test_validation_errors_name_the_run(tmp_path, body, message):
+    path = write_sweep(tmp_path, f"def sweep(add):\n    {body}\n")
+    with pytest.raises(ValueError, match=message):
+        sweeps.load_sweep(path)
+
+
+def test_sweep_file_errors(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("NAME = 'x'\n")
+    with pytest.raises(ValueError, match="missing CONFIG, WANDB_PROJECT, SEEDS, sweep"):
+        sweeps.load_sweep(str(bad))
+    with pytest.raises(ValueError, match="not found"):
+        sweeps.load_sweep(write_sweep(tmp_path, "def sweep(add):\n    add()\n", config="configs/nope.py"))
+
+
+def test_global_overrides_are_validated_for_every_run(tmp_path):
+    sweep = sweeps.load_sweep(write_sweep(tmp_path, "def sweep(add):\n    add(width=0.35)\n    add(width=0.5)\n"))
+    with pytest.raises(ValueError, match="would override a key the sweep varies"):
+        sweeps.validate_global_overrides(sweep, {"width": "1.0"})
+    with pytest.raises(ValueError, match="run w0.35_r32_t6_s0 with the global overrides: config key 'totl_steps'"):
+        sweeps.validate_global_overrides(sweep, {"totl_steps": "3"})
+    sweeps.validate_global_overrides(sweep, {"total_steps": "3"})
+
+
+@pytest.mark.parametrize("value", ["none", "relu6", "True", "1.5", "a b 'c' \"d\"", "", 0.35, 96, None, True, (1.0, 6.0)])
+def test_format_value_round_trips(value):
+    assert config_lib.parse_value(sweeps.format_value(value)) == (list(value) if isinstance(value, tuple) else value)
+
+
+def test_list_json_is_fast_and_imports_no_jax():
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from mnv2_jax.cli import main
+        t = time.time()
+        main(["sweep", "list", {str(SWEEPS / "width_resolution.py")!r}, "--json"])
+        assert not any(m in sys.modules for m in ("jax", "tensorflow", "wandb")), "heavy import"
+        print(time.time() - t, file=sys.stderr)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    assert listing["count"] == 22 and len(listing["runs"]) == 22
+    one = {r["name"]: r for r in listing["runs"]}["w1.0_r224_t6_s0"]
+    assert one["madds"] == 300_774_272 and one["params"] == 3_470_760
+    assert one["overrides"] == {"width": 1.0, "resolution": 224, "seed": 0}
+    assert float(out.stderr.strip().splitlines()[-1]) < 3.0  # 2 loaded cores: lenient
+
+
+# ---------------------------------------------------------------------------------------------
+# The local runner, with a fake trainer
+
+FAKE_TRAIN = r'''
+import json, os, signal, sys, time
+args = sys.argv[1:]
+assert args[0] == "train", args
+workdir = args[args.index("--workdir") + 1]
+overrides = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
+os.makedirs(workdir, exist_ok=True)
+with open(os.path.join(workdir, "calls.jsonl"), "a") as f:
+    f.write(json.dumps({"argv": args, "cache": os.environ.get("JAX_COMPILATION_CACHE_DIR")}) + "\n")
+resumed = os.path.exists(os.path.join(workdir, "checkpoint"))
+open(os.path.join(workdir, "config.json"), "w").close()
+print("resuming" if resumed else "starting", flush=True)
+if overrides.get("dataset") == "fail_me":
+    print("ValueError: no dataset fail_me", flush=True)
+    sys.exit(3)
+def on_term(*_):
+    open(os.path.join(workdir, "checkpoint"), "w").close()
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+open(os.path.join(workdir, "started"), "w").close()
+time.sleep(0.1 if resumed else float(overrides.get("optim.lr", "0.01")) * 10)  # lr 10: a 100 s "run"
+with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump({"complete": True, "eval_ema/top1": 0.5, "resumed": resumed}, f)
+'''
+
+
+@pytest.fixture
+def fake_train(tmp_path):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    return [sys.executable, str(script)]
+
+
+def calls(workdir) -> list[dict]:
+    path = pathlib.Path(workdir) / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    path = write_sweep(
+        tmp_path,
+        """
+        def sweep(add):
+            add(width=0.35)
+            add(width=0.5, dataset="fail_me")
+            add(width=0.75)
+        """,
+    )
+    sweep = sweeps.load_sweep(path)
+    root = tmp_path / "root"
+    lines: list[str] = []
+    result = sweeps.run_sweep(sweep, str(root), {"total_steps": "3"}, parallel=2, command_prefix=fake_train,
+                              log=lines.append, poll_interval=0.05)
+    assert sorted(result.done) == ["w0.35_r32_t6_s0", "w0.75_r32_t6_s0"]
+    failed_log = str(root / "w0.5_r32_t6_s0_dataset-fail-me" / "train.log")
+    assert result.failed == [("w0.5_r32_t6_s0_dataset-fail-me", 3, failed_log)]
+    assert result.exit_code == 1
+    report = lines[-1]
+    assert failed_log in report and "ValueError: no dataset fail_me" in report
+    assert any(line.startswith("[") and "done w0.35_r32_t6_s0" in line for line in lines)
+
+    # The command each run got: run overrides, global overrides, wandb group/name/tags, the cache.
+    call = calls(root / "w0.35_r32_t6_s0")[0]
+    assert call["cache"] == str(root / ".jax_cache")
+    assert "--config.total_steps=3" in call["argv"] and "--config.width=0.35" in call["argv"]
+    assert "--config.wandb.group=tmp" in call["argv"] and "--config.wandb.name=w0.35_r32_t6_s0" in call["argv"]
+    assert "--config.wandb.tags=['width', 'dataset']" in call["argv"]
+    record = json.loads((root / "w0.35_r32_t6_s0" / "sweep.json").read_text())
+    assert record["sweep"] == "tmp" and record["run"] == "w0.35_r32_t6_s0"
+    assert record["overrides"] == {"width": 0.35, "seed": 0} and record["global_overrides"] == {"total_steps": "3"}
+
+    # Second invocation: complete runs are skipped (not started again), the failed one is retried.
+    lines.clear()
+    again = sweeps.run_sweep(sweep, str(root), {"total_steps": "3"}, command_prefix=fake_train, log=lines.append,
+                             poll_interval=0.05)
+    assert sorted(again.skipped) == ["w0.35_r32_t6_s0", "w0.75_r32_t6_s0"]
+    assert len(calls(root / "w0.35_r32_t6_s0")) == 1
+    assert len(calls(root / "w0.5_r32_t6_s0_dataset-fail-me")) == 2
+    assert again.exit_code == 1 and "2 skipped" in lines[-1]
+
+
+def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, monkeypatch):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "shared_cache"))
+    path = write_sweep(
+        tmp_path,
+        """
+        def sweep(add):
+            add(width=0.35, **{"optim.lr": 10.0})  # a 100 s fake run: it will be stopped
+            add(width=0.5)
+        """,
+    )
+    sweep = sweeps.load_sweep(path)
+    root = tmp_path / "root"
+    first = root / sweep.runs[0].name
+
+    def stop_when_started():
+        for _ in range(400):
+            if (first / "started").exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=stop_when_started, daemon=True).start()
+    lines: list[str] = []
+    result = sweeps.run_sweep(sweep, str(root), command_prefix=fake_train, log=lines.append, poll_interval=0.05)
+    assert result.signal == signal.SIGTERM and result.exit_code == 143
+    assert result.interrupted == [sweep.runs[0].name] and result.not_started == [sweep.runs[1].name]
+    assert (first / "checkpoint").exists() and not (first / "summary.json").exists()
+    assert calls(first)[0]["cache"] == str(tmp_path / "shared_cache")  # an explicit cache is kept
+
+    # Rerun (a shorter run now, through a global override): the stopped run resumes.
+    result = sweeps.run_sweep(sweep, str(root), {"total_steps": "3"}, command_prefix=fake_train, log=lines.append,
+                              poll_interval=0.05)
+    assert result.done == [r.name for r in sweep.runs] and result.exit_code == 0
+    assert json.loads((first / "summary.json").read_text())["resumed"] is True
+    assert any(line == f"resume {sweep.runs[0].name}" for line in lines)
+
+
+def test_cli_run_exit_code(tmp_path, fake_train, monkeypatch):
+    from mnv2_jax import cli
+
+    path = write_sweep(tmp_path, "def sweep(add):\n    add(dataset='fail_me')\n")
+    real = sweeps.run_sweep
+    monkeypatch.setattr(sweeps, "run_sweep", lambda *a, **k: real(*a, **k, command_prefix=fake_train))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "run", path, "--workdir", str(tmp_path / "root"), "--config.total_steps=2"])
+    assert exit_info.value.code == 1
+    with pytest.raises(SystemExit) as exit_info:  # a misspelt global override: refused before any run
+        cli.main(["sweep", "run", path, "--workdir", str(tmp_path / "root"), "--config.totl_steps=2"])
+    assert exit_info.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch commands
+
+AWKWARD = "gs://bucket/my sweeps/it's \"here\""
+
+
+def _launch_args(**kw) -> SimpleNamespace:
+    base = dict(tpu="tpu-a,tpu-b", zone="us-central2-b", project="my proj", workdir=AWKWARD,
+                data_dir="gs://bucket/tf ds", package="mnv2_jax @ git+https://example.com/r.git@abc123",
+                dry_run=True, skip_setup=False, print_commands=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def split_commands(output: str) -> list[list[str]]:
+    """Printed commands (multi-line quoted scripts, '# ...' comment lines) back to argument lists."""
+    words = shlex.split(output, comments=True)
+    starts = [i for i, w in enumerate(words) if w == "gcloud"] + [len(words)]
+    return [words[a:b] for a, b in zip(starts, starts[1:])]
+
+
+def test_dry_run_commands_parse_back(tmp_path, capsys):
+    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
+    overrides = {"wandb.entity": "o'neil team", "total_steps": "3"}
+    assert launch.main(sweep, _launch_args(), overrides) == 0
+    out = capsys.readouterr().out
+    commands = split_commands(out)
+    assert len(commands) == 4  # setup x 2 TPUs, queue x 2 slices
+    for argv in commands:
+        assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", argv[5]]
+        assert argv[6:12] == ["--zone", "us-central2-b", "--project", "my proj", "--worker=all", "--command"]
+    setup = commands[0][-1]
+    assert "TFDS_DATA_DIR" in setup and "git+https://example.com/r.git@abc123" in setup
+
+    # The queue scripts: every run once, round-robin over the slices, with its exact arguments.
+    seen = []
+    for k, argv in enumerate(commands[2:]):
+        script = argv[-1]
+        queue = script.split("<<'MNV2_QUEUE_EOF'\n", 1)[1].split("\nMNV2_QUEUE_EOF", 1)[0]
+        runs = [shlex.split(line) for line in queue.splitlines() if line.startswith("run ")]
+        assert [r[1] for r in runs] == [r.name for r in sweep.runs[k::2]]
+        for words in runs:
+            run = sweep.run(words[1])
+            assert words[2:] == launch.train_command(
+                sweep, run, AWKWARD, overrides, prefix=("python3", "-m", "mnv2_jax"), config=sweep.config
+            )
+            assert words[words.index("--workdir") + 1] == f"{AWKWARD}/{run.name}"
+            parsed = config_lib.parse_override_args([w for w in words if w.startswith("--config.")])
+            assert config_lib.parse_value(parsed["wandb.entity"]) == "o'neil team"
+            seen.append(run.name)
+    assert sorted(seen) == sorted(r.name for r in sweep.runs)
+
+
+def test_queue_runs_through_bash(tmp_path, capsys):
+    """Execute the generated remote command with bash and a fake python3: the arguments arrive intact."""
+    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
+    overrides = {"wandb.entity": "o'neil team"}
+    launch.main(sweep, _launch_args(tpu="tpu-a", skip_setup=True), overrides)
+    (command,) = split_commands(capsys.readouterr().out)
+    remote = command[-1]
+    home = tmp_path / "home"
+    (home / ".local" / "bin").mkdir(parents=True)
+    fake = home / ".local" / "bin" / "python3"
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"open(os.environ['ARGV_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "HOME": str(home), "ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    out = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    queue_dir = home / "mnv2_sweeps" / sweep.name
+    for _ in range(200):
+        if "queue finished" in (queue_dir / "queue.log").read_text():
+            break
+        time.sleep(0.05)
+    assert "queue finished: 4 runs, 0 failed" in (queue_dir / "queue.log").read_text()
+    assert (queue_dir / "configs" / "mnist.py").read_text() == (REPO / "configs" / "mnist.py").read_text()
+    got = [json.loads(x) for x in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    want = [
+        launch.train_command(sweep, run, AWKWARD, overrides, prefix=("-m", "mnv2_jax"), config=sweep.config)
+        for run in sweep.runs
+    ]
+    assert got == want
+
+
+def test_print_commands(tmp_path, capsys):
+    sweep = sweeps.load_sweep(str(SWEEPS / "width_resolution.py"))
+    launch.main(sweep, _launch_args(print_commands=True, workdir="/data/my runs"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 22
+    argv = shlex.split(lines[0])
+    assert argv[:6] == ["mnv2", "train", "--config", "configs/imagenet.py", "--workdir", "/data/my runs/w0.35_r96_t6_s0"]
+
+
+def test_launch_without_remote_explains(tmp_path, monkeypatch):
+    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
+    monkeypatch.setattr(launch, "package_requirement", lambda repo, warn: None)
+    with pytest.raises(ValueError, match="push this repository"):
+        launch.main(sweep, _launch_args(package=None, dry_run=False), {})
+    assert launch.pip_url("git@github.com:me/mnv2.git") == "ssh://git@github.com/me/mnv2.git"
+
+
+# ---------------------------------------------------------------------------------------------
+# W&B
+
+
+@pytest.mark.parametrize("name", ["width_resolution", "expansion", "bottleneck_activation", "residual", "smoke"])
+def test_export_wandb_grid_equals_the_sweep(name, tmp_path):
+    import yaml
+
+    from mnv2_jax import cli
+
+    out = tmp_path / "sweep.yaml"
+    cli.main(["sweep", "export-wandb", str(SWEEPS / f"{name}.py"), "--out", str(out), "--workdir", "/runs/x y"])
+    config = yaml.safe_load(out.read_text())
+    sweep = sweeps.load_sweep(str(SWEEPS / f"{name}.py"))
+    assert config["method"] == "grid" and config["project"] == sweep.project
+    assert config["command"][-1] == "${args}" and config["command"][:4] == ["${env}", "mnv2", "sweep", "train"]
+    grid = launch.wandb_grid(config)
+    as_key = launch._key
+    assert sorted(map(as_key, grid)) == sorted(as_key(r.overrides) for r in sweep.runs)
+    assert len(grid) == len(sweep.runs)
+    if name == "width_resolution":  # not a Cartesian product: one 'overrides' parameter
+        assert list(config["parameters"]) == ["overrides"]
+    else:
+        assert all(k.startswith("config.") for k in config["parameters"])
+
+
+@pytest.mark.parametrize("name", ["expansion", "residual", "width_resolution"])
+def test_wandb_agent_args_train_the_sweeps_runs(name, tmp_path, monkeypatch):
+    """What `wandb agent` would run, formatted by wandb itself, lands in ROOT/<the sweep's run name>."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    from mnv2_jax import cli
+
+    sweep = sweeps.load_sweep(str(SWEEPS / f"{name}.py"))
+    config = launch.wandb_sweep_config(sweep, str(tmp_path / "runs"))
+    trained = []
+    # A stand-in for the training loop (and its heavy imports).
+    monkeypatch.setitem(sys.modules, "mnv2_jax.train", SimpleNamespace(train_and_evaluate=lambda c, w: trained.append((c, w))))
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    monkeypatch.setenv("WANDB_PROJECT", "the-sweeps-project")
+    names = []
+    names_seen = set()
+    for params in _grid_params(config)[:4]:
+        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args"]
+        command = [a for a in config["command"][1:] if a != "${args}"] + args
+        cli.main(command[1:])
+        c, workdir = trained[-1]
+        names.append(os.path.basename(workdir))
+        names_seen.add(names[-1])
+        assert c.wandb.group == sweep.name and c.wandb.name == names[-1] and c.wandb.project == "the-sweeps-project"
+        assert (pathlib.Path(workdir) / "wandb_run_id").read_text() == "abc123"
+    assert set(names) <= {r.name for r in sweep.runs} and len(names_seen) == len(names)
+
+
+def _grid_params(config) -> list[dict]:
+    import itertools
+
+    keys = list(config["parameters"])
+    choices = [s.get("values", [s.get("value")]) for s in config["parameters"].values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+
+
+def test_payload_round_trip_and_broadcast():
+    job = {"config": "configs/mnist.py", "overrides": {"width": 0.5, "name": "it's \"x\" é"}, "run_id": "r1"}
+    assert launch.decode_payload(launch.encode_payload(job, 1024)) == job
+    with pytest.raises(ValueError, match="does not fit"):
+        launch.encode_payload({"x": "y" * 2000}, 1024)
+    assert launch.broadcast_job(job, True, size=1024) == job  # one process: its own job
+
+
+def test_multihost_agent_with_mocks(tmp_path):
+    jobs = [
+        {"config": MNIST, "overrides": {"config.width": 0.5, "config.seed": 0}, "run_id": "a"},
+        {"config": MNIST, "overrides": {"config.width": 0.35, "config.seed": 0}, "run_id": "b"},
+    ]
+    server = [
+        {"config": j["config"], "overrides": launch.overrides_from_params(j["overrides"]), "group": "smoke",
+         "tags": ["width"], "project": "p", "entity": "e", "run_id": j["run_id"]}
+        for j in jobs
+    ]
+    queue = list(server)
+    wire: list = []
+
+    def next_job(sweep_id, config):
+        assert sweep_id == "e/p/sid"
+        return queue.pop(0) if queue else None
+
+    def broadcast_source(job, is_source):
+        assert is_source
+        wire.append(json.loads(json.dumps(job)))
+        return launch.decode_payload(launch.encode_payload(job))
+
+    trained0, trained1 = [], []
+    rc = launch.agent("e/p/sid", str(tmp_path / "h0"), next_job_fn=next_job, broadcast=broadcast_source,
+                      train_fn=lambda c, w: trained0.append((c, w)), process_index=0)
+    assert rc == 0 and wire[-1] == {"done": True} and len(trained0) == 2
+
+    # Another host: never asks the server, trains what process 0 broadcast, writes no files.
+    replay = iter(wire)
+
+    def broadcast_other(job, is_source):
+        assert not is_source and job is None
+        return next(replay)
+
+    rc = launch.agent("e/p/sid", str(tmp_path / "h1"), next_job_fn=lambda *a: pytest.fail("asked the server"),
+                      broadcast=broadcast_other, train_fn=lambda c, w: trained1.append((c, w)), process_index=1)
+    assert rc == 0
+    assert [os.path.basename(w) for _, w in trained0] == ["w0.5_r32_t6_s0", "w0.35_r32_t6_s0"]
+    assert [os.path.basename(w) for _, w in trained1] == ["w0.5_r32_t6_s0", "w0.35_r32_t6_s0"]
+    assert (tmp_path / "h0" / "w0.5_r32_t6_s0" / "wandb_run_id").read_text() == "a"
+    assert not (tmp_path / "h1").exists()
+    assert trained0[0][0].wandb.group == "smoke" and trained0[0][0].wandb.tags == ("width",)
+
+
+def test_next_job_from_a_fake_wandb(monkeypatch):
+    class FakeRun:
+        config = {"config.width": 0.5, "config.resolution": 48, "config.seed": 0}
+        id, project, entity, sweep_id = "rid", "proj", "ent", "sid"
+
+    command = ["${env}", "mnv2", "sweep", "train", "--config", "configs/mnist.py", "--workdir-root", "r",
+               "--group", "smoke", "--tags", "width,resolution", "${args}"]
+    fake = SimpleNamespace(
+        init=lambda: FakeRun(),
+        agent=lambda sweep_id, function, count: function(),
+        Api=lambda: SimpleNamespace(sweep=lambda path: SimpleNamespace(config={"command": command})),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    job = launch.next_job("sid")
+    assert job == {"config": "configs/mnist.py", "overrides": {"width": 0.5, "resolution": 48, "seed": 0},
+                   "group": "smoke", "tags": ["width", "resolution"], "project": "proj", "entity": "ent",
+                   "run_id": "rid"}
+    fake.agent = lambda sweep_id, function, count: None  # sweep exhausted: the function never runs
+    assert launch.next_job("sid") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end with the real trainer (a few steps per run on the offline MNIST config)
+
+
+def test_real_sweep_skip_resume_and_failure(tmp_path):
+    """`mnv2 sweep run`: a run stopped by SIGTERM resumes, complete runs are skipped, a failing run
+    leaves the others finished and is listed with its log path."""
+    path = write_sweep(
+        tmp_path,
+        """
+        def sweep(add):
+            add(width=0.35, total_steps=3)
+            add(width=0.35, total_steps=60, seed=1)                  # stopped mid-run, then resumed
+            add(width=0.35, total_steps=3, dataset="no_such_dataset")  # fails: no such TFDS dataset
+        """,
+        name="e2e",
+    )
+    root = tmp_path / "root"
+    env = dict(os.environ, WANDB_MODE="disabled")
+    # One simulated device is enough here, and compiles faster than the suite's 8.
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    command = [sys.executable, "-m", "mnv2_jax", "sweep", "run", path, "--workdir", str(root),
+               "--config.max_repeats=1", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
+               "--config.checkpoint_every_steps=1000"]
+    a, b, bad = (root / run.name for run in sweeps.load_sweep(path).runs)
+
+    runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and runner.poll() is None:
+        metrics = b / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            runner.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.2)
+    out, _ = runner.communicate(timeout=300)
+    assert runner.returncode == 143, out
+    assert sweeps.is_complete(str(a)) and not sweeps.is_complete(str(b)), out
+    assert "interrupted" in out and not bad.exists()
+
+    out = subprocess.run(command + ["--parallel", "2"], env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = out.stdout
+    assert "1 skipped" in report
+    assert (a / "train.log").read_text().count("=== mnv2 sweep") == 1  # not started again
+    assert sweeps.is_complete(str(b)) and "resuming" in (b / "train.log").read_text()
+    assert json.loads((b / "summary.json").read_text())["step"] == 60
+    assert f"FAILED {bad.name}" in report and str(bad / "train.log") in report
+    summary = json.loads((a / "summary.json").read_text())
+    record = json.loads((a / "sweep.json").read_text())
+    assert summary["width"] == 0.35 and summary["madds"] > 0 and "eval_ema/top1" in summary
+    assert record["sweep"] == "e2e" and record["run"] == a.name

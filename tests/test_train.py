@@ -1,0 +1,384 @@
+"""The training loop end to end (`mnv2_jax.train.train_and_evaluate` and `mnv2 train`) on offline MNIST.
+
+A tiny network (width 0.35, resolution 32, one block per row of Table 2) on the 4,500/500 offline digits,
+batch 32, 8 simulated CPU devices (tests/conftest.py). One completed 30-step run (`base_run`) serves as
+the reference for most checks; the others copy its workdir or repeat its config, so that every compiled
+function comes from the persistent compilation cache after the first.
+
+Set MNV2_TEST_DATA_DIR (or TFDS_DATA_DIR) to reuse a prepared TFDS data dir between runs.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax
+import numpy as np
+import pytest
+
+from mnv2_jax import checkpointing, cli, data, metrics, optim, steps, train
+from mnv2_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILE = os.path.join(REPO, "configs", "mnist.py")
+STEPS = 30
+# Everything but data_dir; the CLI runs pass the same values as --config.KEY=VALUE.
+OVERRIDES = {
+    "max_repeats": 1,
+    "batch_size": 32,
+    "eval_batch_size": 64,  # 500 = 7 * 64 + 52: the last eval batch is padded
+    "total_steps": STEPS,
+    "log_every_steps": 10,
+    "eval_every_steps": STEPS,
+    "checkpoint_every_steps": 10,
+    "keep_checkpoints": 5,
+    "progress": True,
+}
+EVAL_EXAMPLES = 500  # mnist_offline's test split
+DESIGN_KEYS = ("step", "train/loss", "train/top1", "lr", "train/images_per_sec")
+EVAL_KEYS = tuple(f"{p}/{m}" for p in ("eval", "eval_ema") for m in ("loss", "top1", "top5"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    path = os.environ.get("MNV2_TEST_DATA_DIR") or os.environ.get("TFDS_DATA_DIR")
+    return path or str(tmp_path_factory.mktemp("tfds"))
+
+
+def make_config(data_dir: str, **overrides):
+    config = config_lib.load_config(CONFIG_FILE)
+    return config_lib.apply_overrides(config, {**OVERRIDES, "data_dir": data_dir, **overrides})
+
+
+def cli_args(workdir: str, data_dir: str, **overrides) -> list[str]:
+    values = {**OVERRIDES, "data_dir": data_dir, **overrides}
+    return ["train", "--config", CONFIG_FILE, "--workdir", workdir] + [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not (k.endswith("_per_sec") or "time" in k)} for r in records]
+
+
+def restore_state(workdir: str) -> steps.TrainState:
+    """The whole train state of the latest checkpoint (weights, optimizer, EMA, RNG, ...)."""
+    config = checkpointing.read_config(workdir)
+    model = config_lib.model_from_config(config, config.num_classes)
+    tx = optim.create_optimizer(config, steps_per_epoch=1)
+    abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+    checkpointer = checkpointing.Checkpointer(workdir)
+    try:
+        return jax.device_get(checkpointer.restore(abstract))
+    finally:
+        checkpointer.close()
+
+
+def assert_states_identical(a: steps.TrainState, b: steps.TrainState) -> None:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, data_dir):
+    """A completed 30-step run: (workdir, summary)."""
+    workdir = str(tmp_path_factory.mktemp("base") / "run")
+    summary = train.train_and_evaluate(make_config(data_dir), workdir)
+    return workdir, summary
+
+
+def copy_run(base_run, tmp_path) -> str:
+    workdir = str(tmp_path / "run")
+    shutil.copytree(base_run[0], workdir)
+    return workdir
+
+
+def test_run_writes_the_documented_files(base_run, data_dir):
+    workdir, summary = base_run
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    assert stored["total_steps"] == STEPS and stored["batch_size"] == 32 and stored["data_dir"] == data_dir
+    assert stored["num_classes"] == 10
+    assert all(v is not None for k, v in stored["optim"].items() if k != "grad_clip_norm")  # resolved
+    provenance = stored["provenance"]
+    for key in ("git_commit", "versions", "python", "backend", "devices", "time"):
+        assert key in provenance
+    assert provenance["backend"] == "cpu" and len(provenance["devices"]) == 8
+    assert "jax" in provenance["versions"]
+
+    records = metrics.read_metrics(workdir)
+    assert [r["step"] for r in records] == [10, 20, 30]
+    for r in records:
+        assert set(DESIGN_KEYS) <= r.keys()
+        assert np.isfinite(r["train/loss"]) and 0 <= r["train/top1"] <= 1 and r["lr"] > 0
+        assert r["train/images_per_sec"] > 0
+    assert not set(EVAL_KEYS) & (records[0].keys() | records[1].keys())
+    last = records[-1]
+    assert set(EVAL_KEYS) <= last.keys()
+    for prefix in ("eval", "eval_ema"):
+        assert 0 <= last[f"{prefix}/top1"] <= last[f"{prefix}/top5"] <= 1
+        # Accuracies over 500 examples are multiples of 1/500.
+        assert last[f"{prefix}/top1"] * EVAL_EXAMPLES == pytest.approx(round(last[f"{prefix}/top1"] * EVAL_EXAMPLES))
+    # `lr` at step k is the learning rate of update k, which sees k - 1 earlier updates (warm-up here).
+    config = make_config(data_dir)
+    schedule = optim.learning_rate_schedule(config, data.steps_per_epoch(config))
+    for r in records:
+        assert r["lr"] == pytest.approx(float(schedule(r["step"] - 1)), rel=1e-6)
+    assert records[0]["lr"] < records[1]["lr"] < records[2]["lr"]
+
+    with open(os.path.join(workdir, "summary.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["complete"] is True and summary["step"] == STEPS
+    assert isinstance(summary["madds"], int) and summary["madds"] > 0
+    assert isinstance(summary["params"], int) and summary["params"] > 0
+    for key in ("width", "resolution", "expansion", "dataset", "seed", "recipe", *EVAL_KEYS):
+        assert key in summary
+    assert summary["eval/top1"] == last["eval/top1"] and summary["eval_ema/top1"] == last["eval_ema/top1"]
+    from mnv2_jax import accounting
+
+    counts = accounting.count(config_lib.architecture_from_config(make_config(data_dir), 10), 32)
+    assert (summary["madds"], summary["params"]) == (counts.madds, counts.params)
+
+    assert checkpoint_steps(workdir) == [10, 20, 30]
+    state = restore_state(workdir)
+    assert int(state.step) == STEPS
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_rerun_of_a_complete_run_does_not_retrain(base_run, tmp_path, data_dir):
+    workdir = copy_run(base_run, tmp_path)
+    before_metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+    before_state = restore_state(workdir)
+    summary = train.train_and_evaluate(make_config(data_dir), workdir)
+    assert summary == base_run[1]
+    assert open(os.path.join(workdir, "metrics.jsonl")).read() == before_metrics
+    assert checkpoint_steps(workdir) == [10, 20, 30]
+    assert_states_identical(restore_state(workdir), before_state)
+
+
+def test_resume_with_a_different_config_is_refused(base_run, tmp_path, data_dir):
+    workdir = copy_run(base_run, tmp_path)
+    config_before = open(os.path.join(workdir, "config.json")).read()
+    changed = make_config(data_dir, seed=1, dropout_rate=0.3)
+    with pytest.raises(ValueError, match="different config") as info:
+        train.train_and_evaluate(changed, workdir)
+    message = str(info.value)
+    differing = re.findall(r"^  (\S+): workdir has", message, flags=re.M)
+    assert differing == ["dropout_rate", "seed"]
+    assert "workdir has 0, command has 1" in message and "--overwrite" in message
+    assert open(os.path.join(workdir, "config.json")).read() == config_before  # nothing was touched
+
+    # --overwrite: resumes anyway (the run is complete, so nothing trains) and records the new config.
+    summary = train.train_and_evaluate(changed, workdir, overwrite=True)
+    assert summary["complete"] and summary["step"] == STEPS and summary["seed"] == 1
+    assert checkpointing.read_config(workdir).seed == 1
+    assert checkpoint_steps(workdir) == [10, 20, 30]
+
+
+def test_more_total_steps_extends_the_run(base_run, tmp_path, data_dir):
+    workdir = copy_run(base_run, tmp_path)
+    summary = train.train_and_evaluate(make_config(data_dir, total_steps=40), workdir)
+    assert summary["complete"] and summary["step"] == 40 and summary["total_steps"] == 40
+    records = metrics.read_metrics(workdir)
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert without_timing(records[:3]) == without_timing(metrics.read_metrics(base_run[0]))
+    assert set(EVAL_KEYS) <= records[-1].keys()
+    assert checkpoint_steps(workdir) == [10, 20, 30, 40]
+    assert int(restore_state(workdir).step) == 40
+
+
+def _start_cli(workdir: str, data_dir: str, log_path: str) -> subprocess.Popen:
+    log = open(log_path, "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnv2_jax", *cli_args(workdir, data_dir)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a signal to it reaches no one else
+    )
+
+
+def _interrupt_after_first_checkpoint(workdir: str, data_dir: str, sig: int, tmp_path) -> tuple[int, str]:
+    log_path = str(tmp_path / "log.txt")
+    process = _start_cli(workdir, data_dir, log_path)
+    try:
+        deadline = time.time() + 300
+        while not checkpoint_steps(workdir):
+            assert process.poll() is None, open(log_path).read()
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.1)
+        process.send_signal(sig)
+        rc = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return rc, open(log_path).read()
+
+
+def _assert_same_as_base(workdir: str, base_run) -> None:
+    assert_states_identical(restore_state(workdir), restore_state(base_run[0]))
+    assert without_timing(metrics.read_metrics(workdir)) == without_timing(metrics.read_metrics(base_run[0]))
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert without_timing([summary]) == without_timing([json.loads(json.dumps(base_run[1]))])
+
+
+def test_sigkill_and_rerun_is_bit_identical(base_run, tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    rc, log = _interrupt_after_first_checkpoint(workdir, data_dir, signal.SIGKILL, tmp_path)
+    assert rc == -signal.SIGKILL, log
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    killed_at = checkpoint_steps(workdir)
+    assert killed_at and killed_at[-1] < STEPS, "the run finished before it was killed"
+
+    # Rerun the same command: it resumes from the last checkpoint and ends where the uninterrupted run did.
+    result = subprocess.run(
+        [sys.executable, "-m", "mnv2_jax", *cli_args(workdir, data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming {workdir} at step {killed_at[-1]}/{STEPS}" in result.stdout
+    _assert_same_as_base(workdir, base_run)
+
+
+def test_sigterm_checkpoints_and_rerun_is_bit_identical(base_run, tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    rc, log = _interrupt_after_first_checkpoint(workdir, data_dir, signal.SIGTERM, tmp_path)
+    assert rc == 143, log
+    stopped = re.search(r"SIGTERM: checkpoint at step (\d+) written", log)
+    assert stopped, log
+    step = int(stopped.group(1))
+    assert 10 <= step < STEPS
+    assert checkpoint_steps(workdir)[-1] == step
+    assert int(restore_state(workdir).step) == step
+    assert max(r["step"] for r in metrics.read_metrics(workdir)) <= step
+
+    # Resume in-process (the same config through the API): ends bit-identical to the uninterrupted run.
+    summary = train.train_and_evaluate(make_config(data_dir), workdir)
+    assert summary["complete"] and summary["step"] == STEPS
+    _assert_same_as_base(workdir, base_run)
+
+
+def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    bad_step = 4  # the 4th update sees a NaN pixel
+    real_iterator = data.train_iterator
+
+    def poisoned(config, start_step=0):
+        for step, batch in enumerate(real_iterator(config, start_step), start=start_step + 1):
+            if step == bad_step:
+                batch = dict(batch, image=batch["image"].copy())
+                batch["image"][0, 0, 0, 0] = np.nan
+            yield batch
+
+    monkeypatch.setattr(data, "train_iterator", poisoned)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.NonFiniteError, match=rf"at step {bad_step}\b") as info:
+        train.train_and_evaluate(make_config(data_dir, checkpoint_every_steps=3), workdir)
+    assert "(step 3)" in str(info.value)
+    assert checkpoint_steps(workdir) == [3]
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    module, variables, config = checkpointing.load_run(workdir, ema=False)
+    assert config.total_steps == STEPS
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(variables))
+    assert int(restore_state(workdir).step) == 3
+
+
+def test_eval_counts_every_example_once(base_run):
+    workdir, summary = base_run
+    result = train.evaluate_workdir(workdir)
+    assert result["step"] == STEPS
+    assert result["eval/examples"] == result["eval_ema/examples"] == EVAL_EXAMPLES
+    # Re-evaluating the final checkpoint gives what the run logged at its last step.
+    for key in ("eval/top1", "eval/top5", "eval_ema/top1", "eval_ema/top5"):
+        assert result[key] == summary[key], key
+    for key in ("eval/loss", "eval_ema/loss"):
+        assert result[key] == pytest.approx(summary[key], rel=1e-5)
+
+
+def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    workdir = copy_run(base_run, tmp_path)
+    # wandb is one of the keys a resumed run may change; the run is complete, so only logging happens.
+    summary = train.train_and_evaluate(make_config(data_dir, **{"wandb.mode": "offline"}), workdir)
+    assert summary["complete"]
+    runs = glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
+    assert runs, os.listdir(workdir)
+    run_id = open(os.path.join(workdir, metrics.WANDB_ID_FILE)).read().strip()
+    assert any(run.endswith(run_id) for run in runs)
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"residual": "bogus"}, r"'residual'.*'bottleneck'.*'expansion'.*'none'.*'bogus'"),
+        ({"wandb.mode": "sometimes"}, r"'wandb.mode'.*'offline'.*'sometimes'"),
+        ({"total_epochs": 3.0}, r"'total_steps' and 'total_epochs'"),
+        ({"batch_size": 0}, r"'batch_size'"),
+    ],
+)
+def test_invalid_value_is_refused_before_anything_runs(tmp_path, data_dir, overrides, pattern):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=pattern):
+        train.train_and_evaluate(make_config(data_dir, **overrides), workdir)
+    assert not os.path.exists(workdir)
+
+
+def test_unknown_key_is_refused_before_anything_runs(tmp_path, data_dir, capsys):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"'widht'.*Did you mean width"):
+        make_config(data_dir, widht=0.5)
+    config = make_config(data_dir)
+    config.optim.learning_rate = 0.1  # a key no config has (ConfigDicts accept new attributes)
+    with pytest.raises(ValueError, match=r"'optim.learning_rate' is not a known key"):
+        train.train_and_evaluate(config, workdir)
+    assert not os.path.exists(workdir)
+
+    # The command line: one line naming the key, exit status 2, nothing written.
+    for flag, pattern in (
+        ("--config.widht=0.5", r"'widht' is not a known key.*Did you mean width"),
+        ("--config.residual=bogus", r"'residual': must be one of"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli.main(cli_args(workdir, data_dir) + [flag])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(pattern, err) and "mnv2 train: error:" in err, err
+        assert not os.path.exists(workdir)
+
+
+def test_offline_mnist_learns(tmp_path, data_dir):
+    """150 steps of batch 32 (about one epoch of the 4,500 digits) on the tiny network."""
+    workdir = str(tmp_path / "run")
+    summary = train.train_and_evaluate(
+        make_config(data_dir, total_steps=150, eval_every_steps=150, log_every_steps=50, checkpoint_every_steps=150),
+        workdir,
+    )
+    records = metrics.read_metrics(workdir)
+    assert records[-1]["train/loss"] < records[0]["train/loss"]
+    # Chance is 0.1 on the 10 balanced classes.
+    assert summary["eval/top1"] > 0.5, summary
