@@ -85,7 +85,9 @@ def package_requirement(repo_dir: str, warn: Callable[[str], None]) -> str | Non
         return None
     remote = _git("remote", "get-url", "origin", cwd=repo_dir)
     if _git("status", "--porcelain", "--untracked-files=no", cwd=repo_dir):
-        warn(f"the working tree has uncommitted changes: the workers install commit {commit[:12]} without them")
+        warn(
+            f"the working tree has uncommitted changes: the workers install commit {commit[:12]} without them"
+        )
     if remote is None:
         return None
     if not _git("branch", "-r", "--contains", commit, cwd=repo_dir):
@@ -107,7 +109,11 @@ def train_command(
 ) -> list[str]:
     """The argument list that trains one run in `root/<name>` (config as written in the file)."""
     workdir = f"{root.rstrip('/')}/{run.name}"
-    return [*prefix, "train", *sweeps.train_args(sweep, run, workdir, global_overrides, config=config or sweep.config)]
+    return [
+        *prefix,
+        "train",
+        *sweeps.train_args(sweep, run, workdir, global_overrides, config=config or sweep.config),
+    ]
 
 
 def print_commands(sweep: Sweep, root: str, global_overrides: dict[str, Any] | None = None) -> list[str]:
@@ -179,7 +185,9 @@ def queue_script(
         "}",
     ]
     for run in runs:
-        argv = train_command(sweep, run, root, global_overrides, prefix=("python3", "-m", "mnv2_jax"), config=config)
+        argv = train_command(
+            sweep, run, root, global_overrides, prefix=("python3", "-m", "mnv2_jax"), config=config
+        )
         lines.append(f"run {q(run.name)} {shlex.join(argv)}")
     lines.append(f'echo "$(date -u +%FT%TZ) queue finished: {len(runs)} runs, $failed failed"')
     return "\n".join(lines) + "\n"
@@ -233,8 +241,12 @@ def tpu_commands(
     commands = []
     if setup:
         for tpu in tpus:
-            commands.append((f"setup of {tpu} (every worker)", ssh_command(tpu, zone, project, setup_script(
-                requirement, data_dir))))
+            commands.append(
+                (
+                    f"setup of {tpu} (every worker)",
+                    ssh_command(tpu, zone, project, setup_script(requirement, data_dir)),
+                )
+            )
     for i, tpu in enumerate(tpus):
         runs = sweep.runs[i :: len(tpus)]
         if not runs:
@@ -242,8 +254,10 @@ def tpu_commands(
         label = f"slice {i + 1}/{len(tpus)} ({tpu})"
         queue = queue_script(sweep, runs, root, config, global_overrides, label)
         commands.append(
-            (f"queue of {label}: {len(runs)} runs", ssh_command(tpu, zone, project, start_script(
-                sweep, queue, config_file, config_text)))
+            (
+                f"queue of {label}: {len(runs)} runs",
+                ssh_command(tpu, zone, project, start_script(sweep, queue, config_file, config_text)),
+            )
         )
     return commands
 
@@ -282,7 +296,14 @@ def main(sweep: Sweep, args: argparse.Namespace, global_overrides: dict[str, Any
             "a multi-host slice needs a shared gs:// --workdir"
         )
     commands = tpu_commands(
-        sweep, tpus, args.zone, args.project, requirement, args.workdir, args.data_dir, global_overrides,
+        sweep,
+        tpus,
+        args.zone,
+        args.project,
+        requirement,
+        args.workdir,
+        args.data_dir,
+        global_overrides,
         setup=not args.skip_setup,
     )
     if args.dry_run:
@@ -363,12 +384,13 @@ def wandb_sweep_config(sweep: Sweep, root: str) -> dict[str, Any]:
         "--workdir-root", root,
         "--group", sweep.name,
         "--tags", ",".join(sweep.swept_keys),
+        *(["--fixed", _key(sweep.fixed)] if sweep.fixed else []),
         "${args}",
     ]  # fmt: skip
     return {
         "name": sweep.name,
         "project": sweep.project,
-        "description": f"mnv2_jax sweep {sweep.name} ({len(sweep.runs)} runs) from {os.path.basename(sweep.path)}",
+        "description": f"mnv2_jax sweep {sweep.name}: {len(sweep.runs)} runs, {os.path.basename(sweep.path)}",
         "method": "grid",
         "metric": {"name": DEFAULT_METRIC, "goal": "maximize"},
         "parameters": parameters,
@@ -382,7 +404,7 @@ def wandb_yaml(sweep: Sweep, root: str) -> str:
     header = (
         f"# W&B grid sweep for {os.path.relpath(sweep.path)}: {len(sweep.runs)} runs.\n"
         f"#   wandb sweep THIS.yaml   then, in a checkout:   wandb agent ENTITY/{sweep.project}/SWEEP_ID\n"
-        "#   (multi-host TPU slice: `mnv2 sweep agent ENTITY/PROJECT/SWEEP_ID --workdir ROOT` on every worker)\n"
+        "#   multi-host TPU slice, on every worker: mnv2 sweep agent ENTITY/PROJECT/SWEEP_ID --workdir ROOT\n"
     )
     return header + yaml.safe_dump(wandb_sweep_config(sweep, root), sort_keys=False, width=1000)
 
@@ -434,7 +456,7 @@ def wandb_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
 def parse_sweep_command(command: Sequence[str]) -> dict[str, str]:
     """`--config`, `--group`, `--tags` and `--workdir-root` from a sweep's command list."""
     out: dict[str, str] = {}
-    for flag in ("--config", "--group", "--tags", "--workdir-root", "--project"):
+    for flag in ("--config", "--group", "--tags", "--workdir-root", "--project", "--fixed"):
         for i, item in enumerate(command):
             if item == flag and i + 1 < len(command):
                 out[flag[2:].replace("-", "_")] = command[i + 1]
@@ -448,6 +470,7 @@ def train_one(
     workdir_root: str,
     overrides: dict[str, Any],
     *,
+    fixed: dict[str, Any] | None = None,
     group: str | None = None,
     tags: Sequence[str] = (),
     project: str | None = None,
@@ -456,10 +479,15 @@ def train_one(
     is_main: bool = True,
     train_fn: Callable[..., Any] | None = None,
 ) -> Any:
-    """Train one run of a W&B sweep in `workdir_root/<run name>` (the name `mnv2 sweep run` gives it)."""
+    """Train one run of a W&B sweep in `workdir_root/<run name>` (the name `mnv2 sweep run` gives it).
+
+    `fixed` (the sweep file's OVERRIDES, typed values) is part of the baseline the name is read
+    against; `overrides` are command-line text as the agent passes it.
+    """
     from mnv2_jax import config as config_lib
 
     base = config_lib.load_config(config_spec)
+    base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
     config = config_lib.apply_overrides(base, overrides)
     config_lib.validate_config(config)
     name = sweeps.run_name(config_lib.flatten(base), config_lib.flatten(config), list(overrides))
@@ -480,6 +508,7 @@ def train_one(
                 "sweep": group,
                 "run": name,
                 "config": config_spec,
+                "fixed": sweeps._jsonable(fixed or {}),
                 "overrides": sweeps._jsonable(overrides),
                 "swept_keys": list(tags),
                 "project": project or config.wandb.project,
@@ -504,6 +533,7 @@ def train_one_from_cli(args: argparse.Namespace, overrides: dict[str, Any]) -> A
         args.config,
         args.workdir_root,
         overrides,
+        fixed=json.loads(args.fixed) if args.fixed else None,
         group=args.group,
         tags=[t for t in args.tags.split(",") if t],
         project=args.project or os.environ.get("WANDB_PROJECT"),
@@ -557,7 +587,11 @@ def next_job(sweep_id: str, config: str | None = None) -> dict[str, Any] | None:
         # this run by its id (metrics.MetricWriter reads it from the workdir).
         run = wandb.init()
         captured.update(
-            params=dict(run.config), run_id=run.id, project=run.project, entity=run.entity, sweep_id=run.sweep_id
+            params=dict(run.config),
+            run_id=run.id,
+            project=run.project,
+            entity=run.entity,
+            sweep_id=run.sweep_id,
         )
 
     wandb.agent(sweep_id, function=capture, count=1)
@@ -577,6 +611,7 @@ def next_job(sweep_id: str, config: str | None = None) -> dict[str, Any] | None:
     return {
         "config": config,
         "overrides": overrides_from_params(captured["params"]),
+        "fixed": json.loads(found["fixed"]) if found.get("fixed") else {},
         "group": found.get("group"),
         "tags": [t for t in found.get("tags", "").split(",") if t],
         "project": captured["project"],
@@ -623,6 +658,7 @@ def agent(
                 job["config"],
                 workdir_root,
                 job["overrides"],
+                fixed=job.get("fixed"),
                 group=job.get("group"),
                 tags=job.get("tags") or (),
                 project=job.get("project"),

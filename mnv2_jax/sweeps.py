@@ -3,9 +3,10 @@
 A sweep file (`sweeps/*.py`, in the spirit of big_vision) is plain Python::
 
     NAME = "width_resolution"             # wandb group, default workdir root
-    CONFIG = "configs/imagenet.py"         # optionally 'configs/X.py:arg' (constants go here)
+    CONFIG = "configs/imagenet.py"         # optionally 'configs/X.py:arg'
     WANDB_PROJECT = "mnv2_jax-imagenet"
     SEEDS = 1                              # every added point runs with seeds 0..SEEDS-1
+    OVERRIDES = {}                         # optional: constants for every run (part of the baseline)
 
     def sweep(add):
         for width in (0.35, 0.5):
@@ -18,7 +19,7 @@ whole grid with the first seed, then the next), so a sweep cut short still has a
 
 Run names are deterministic and readable: `w{width}_r{resolution}_t{expansion}_s{seed}`,
 read from the resolved config, plus one suffix per other overridden key whose value
-differs from the config file's default (`_relu6`, `_res-expansion`, `_os16`,
+differs from the baseline (CONFIG with OVERRIDES applied) (`_relu6`, `_res-expansion`, `_os16`,
 `_optim.lr-0.1`). A name therefore says how the run departs from CONFIG, and the same
 point gets the same name in every sweep over the same CONFIG (so sweeps may share a
 workdir root: identical names are identical configs).
@@ -95,6 +96,7 @@ class Sweep:
     path: str  # the sweep file, absolute
     swept_keys: tuple[str, ...]  # keys whose values differ between runs (wandb tags)
     description: str = ""
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # OVERRIDES: every run, before its own
 
     def run(self, name: str) -> Run:
         for run in self.runs:
@@ -103,10 +105,11 @@ class Sweep:
         raise ValueError(f"sweep {self.name}: no run named {name!r}")
 
     def resolved(self, run: Run, global_overrides: dict[str, Any] | None = None):
-        """The run's config: CONFIG, then the run's overrides, then the global ones."""
+        """The run's config: CONFIG, OVERRIDES, the run's overrides, then the global ones."""
         from mnv2_jax import config as config_lib
 
         config = config_lib.load_config(self.config_path)
+        config = config_lib.apply_overrides(config, literal_overrides(self.fixed))
         config = config_lib.apply_overrides(config, literal_overrides(run.overrides))
         return config_lib.apply_overrides(config, global_overrides or {})
 
@@ -239,6 +242,7 @@ def load_sweep(path: str) -> Sweep:
         raise ValueError(f"sweep file {path}: SEEDS must be an integer >= 1, got {seeds!r}")
     if not callable(module.sweep):
         raise ValueError(f"sweep file {path}: sweep must be a function sweep(add)")
+    fixed = dict(getattr(module, "OVERRIDES", None) or {})
 
     points: list[dict[str, Any]] = []
 
@@ -251,6 +255,10 @@ def load_sweep(path: str) -> Sweep:
 
     config_path = resolve_config_path(config_spec, path)
     base = config_lib.load_config(config_path)
+    try:
+        base = config_lib.apply_overrides(base, literal_overrides(fixed))
+    except ValueError as e:
+        raise ValueError(f"sweep {name}: OVERRIDES: {e}") from None
     defaults = config_lib.flatten(base)
     base_seed = int(base.seed)
 
@@ -308,6 +316,7 @@ def load_sweep(path: str) -> Sweep:
         path=os.path.abspath(path),
         swept_keys=tuple(swept),
         description=(module.__doc__ or "").strip(),
+        fixed=fixed,
     )
 
 
@@ -347,7 +356,8 @@ def run_counts(sweep: Sweep, run: Run) -> dict[str, int]:
 def list_runs(sweep: Sweep) -> list[dict[str, Any]]:
     """`[{"name", "overrides", "madds", "params"}, ...]` in run order."""
     return [
-        {"name": run.name, "overrides": _jsonable(run.overrides), **run_counts(sweep, run)} for run in sweep.runs
+        {"name": run.name, "overrides": _jsonable(run.overrides), **run_counts(sweep, run)}
+        for run in sweep.runs
     ]
 
 
@@ -383,6 +393,7 @@ def format_listing(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
     lines = [
         f"sweep {sweep.name} ({os.path.relpath(sweep.path)}): config {sweep.config}, wandb project "
         f"{sweep.project}, swept: {', '.join(sweep.swept_keys) or 'nothing'}"
+        + (f"; every run: {', '.join(f'{k}={v!r}' for k, v in sweep.fixed.items())}" if sweep.fixed else "")
     ]
     for k, r in enumerate(table):
         lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]))
@@ -441,6 +452,7 @@ def train_args(
         config or sweep.config_path,
         "--workdir",
         workdir,
+        *override_args(sweep.fixed),
         *override_args(run.overrides),
         *override_args(global_overrides or {}, text=True),
         *wandb_args(sweep.project, sweep.name, run.name, sweep.swept_keys if tags is None else tags),
@@ -454,6 +466,7 @@ def sweep_record(sweep: Sweep, run: Run, global_overrides: dict[str, Any] | None
         "run": run.name,
         "sweep_file": sweep.path,
         "config": sweep.config,
+        "fixed": _jsonable(sweep.fixed),
         "overrides": _jsonable(run.overrides),
         "global_overrides": _jsonable(global_overrides or {}),
         "swept_keys": list(sweep.swept_keys),
@@ -622,7 +635,7 @@ def run_sweep(
                 elif stop["signal"] is not None:
                     finished -= 1
                     result.interrupted.append(item.run.name)
-                    log(f"stopped {item.run.name} after {_duration(seconds)} (exit {rc}); it resumes on a rerun")
+                    log(f"stopped {item.run.name} after {_duration(seconds)} (exit {rc}); a rerun resumes it")
                 else:
                     if rc == 0:
                         rc = -1  # exited 0 without a complete summary: count it as a failure
@@ -664,7 +677,11 @@ def _start(
     # A session of its own: Ctrl-C reaches the runner only, which then SIGTERMs the run so
     # that it checkpoints instead of dying mid-step.
     process = subprocess.Popen(
-        argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        argv,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
         start_new_session=True,
     )
     log(f"{'resume' if resuming else 'start'} {run.name}")
@@ -698,7 +715,11 @@ def format_report(sweep: Sweep, root: str, result: SweepResult) -> str:
     lines = [
         f"sweep {sweep.name}: {len(result.done)} done, {len(result.skipped)} skipped (complete), "
         f"{len(result.failed)} failed"
-        + (f", {len(result.interrupted)} interrupted, {len(result.not_started)} not started" if result.signal else "")
+        + (
+            f", {len(result.interrupted)} interrupted, {len(result.not_started)} not started"
+            if result.signal
+            else ""
+        )
         + f" of {result.total}, in {_duration(result.seconds)}; workdirs in {root}"
     ]
     if result.failed:
@@ -728,7 +749,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     q = s.add_parser("list", help="every run with its overrides, MAdds and parameters (no JAX)")
     q.add_argument("file", help="sweeps/X.py")
-    q.add_argument("--json", action="store_true", help='{"count": N, "runs": [{name, overrides, madds, params}]}')
+    q.add_argument(
+        "--json", action="store_true", help='{"count": N, "runs": [{name, overrides, madds, params}]}'
+    )
 
     q = s.add_parser(
         "run",
@@ -754,7 +777,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
     q.add_argument("--skip-setup", action="store_true", help="do not (re)install the package on the workers")
     q.add_argument(
-        "--print-commands", action="store_true", help="print one `mnv2 train ...` line per run (Slurm arrays etc.)"
+        "--print-commands",
+        action="store_true",
+        help="print one `mnv2 train ...` line per run (Slurm arrays etc.)",
     )
 
     q = s.add_parser("export-wandb", help="write a wandb sweep YAML (method grid) for `wandb sweep`")
@@ -765,14 +790,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q = s.add_parser(
         "train",
         help="train one run of a wandb sweep: workdir ROOT/<run name> derived from the overrides",
-        description="What `wandb agent` runs (see export-wandb). Extra --config.KEY=VALUE arguments are the run.",
+        description="What `wandb agent` runs (see export-wandb); extra --config.KEY=VALUE: the run.",
     )
     q.add_argument("--config", required=True, help="configs/X.py[:ARG]")
     q.add_argument("--workdir-root", required=True)
     q.add_argument("--group", default=None, help="wandb group (the sweep name)")
     q.add_argument("--tags", default="", help="comma-separated wandb tags (the swept keys)")
-    q.add_argument("--project", default=None, help="wandb project (default: $WANDB_PROJECT, else the config's)")
+    q.add_argument(
+        "--project", default=None, help="wandb project (default: $WANDB_PROJECT, else the config's)"
+    )
     q.add_argument("--overrides", default=None, help="a JSON object of overrides (non-grid sweeps)")
+    q.add_argument(
+        "--fixed", default=None, help="a JSON object: the sweep file's OVERRIDES (not in the name)"
+    )
 
     q = s.add_parser(
         "agent",
@@ -780,8 +810,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     q.add_argument("sweep_id", help="SWEEP_ID or ENTITY/PROJECT/SWEEP_ID")
     q.add_argument("--workdir", required=True, help="runs root: ROOT/<run name>")
-    q.add_argument("--count", type=int, default=None, help="runs to do (default: until the sweep is exhausted)")
-    q.add_argument("--config", default=None, help="configs/X.py[:ARG] (default: read from the sweep's command)")
+    q.add_argument(
+        "--count", type=int, default=None, help="runs to do (default: until the sweep is exhausted)"
+    )
+    q.add_argument(
+        "--config", default=None, help="configs/X.py[:ARG] (default: read from the sweep's command)"
+    )
     return p
 
 
@@ -827,7 +861,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         if args.out:
             with open(args.out, "w") as f:
                 f.write(text)
-            print(f"wrote {args.out}: `wandb sweep {args.out}`, then `wandb agent ENTITY/PROJECT/ID`", file=sys.stderr)
+            print(
+                f"wrote {args.out}: `wandb sweep {args.out}`, then `wandb agent ENTITY/PROJECT/ID`",
+                file=sys.stderr,
+            )
         else:
             sys.stdout.write(text)
         return 0

@@ -1,6 +1,6 @@
 """Figure 6a of the paper: linear bottleneck vs ReLU6 in the bottleneck, at 1.0/224 (2 runs).
 
-    mnv2 sweep launch sweeps/bottleneck_activation.py --tpu NAME --zone ZONE --workdir gs://BUCKET/sweeps/fig6a
+    mnv2 sweep launch sweeps/bottleneck_activation.py --tpu NAME --zone ZONE --workdir gs://B/fig6a
 
 Section 3.2 argues that a non-linearity on the low-dimensional bottleneck destroys
 information; the paper's Figure 6a shows the linear bottleneck ahead by about one point of

@@ -31,7 +31,9 @@ SWEEPS = REPO / "sweeps"
 MNIST = str(REPO / "configs" / "mnist.py")
 
 
-def write_sweep(tmp_path: pathlib.Path, body: str, name: str = "tmp", config: str = MNIST, seeds: int = 1) -> str:
+def write_sweep(
+    tmp_path: pathlib.Path, body: str, name: str = "tmp", config: str = MNIST, seeds: int = 1
+) -> str:
     path = tmp_path / f"{name}.py"
     path.write_text(
         f"NAME = {name!r}\nCONFIG = {config!r}\nWANDB_PROJECT = 'test-project'\nSEEDS = {seeds}\n\n"
@@ -133,11 +135,33 @@ def test_names_carry_non_default_keys_only(tmp_path):
     assert names == ["w0.35_r32_t6_s0_optim.lr-0.02", "w0.35_r32_t2.5_s0_relu6_res-expansion"]
 
 
+def test_overrides_are_constants_outside_the_names(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        "OVERRIDES = {'max_repeats': 1, 'optim.lr': 0.02}\n\n"
+        "def sweep(add):\n    add(width=0.35)\n    add(width=0.5, max_repeats=2)\n",
+    )
+    sweep = sweeps.load_sweep(path)
+    assert [r.name for r in sweep.runs] == ["w0.35_r32_t6_s0", "w0.5_r32_t6_s0_rep2"]
+    assert sweep.swept_keys == ("width", "max_repeats")
+    assert [sweep.resolved(r).max_repeats for r in sweep.runs] == [1, 2]
+    assert sweep.resolved(sweep.runs[0]).optim.lr == 0.02
+    args = sweeps.train_args(sweep, sweep.runs[1], "/w")
+    assert args.index("--config.max_repeats=1") < args.index("--config.max_repeats=2")  # the run's own wins
+    sweeps.validate_global_overrides(sweep, {"optim.lr": "0.03"})  # a constant may be changed for all
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("add(width=0.5)\n    add(widht=0.35)", r"run #1 \(widht=0.35, seed=0\): config key 'widht' is not a known key"),
-        ("add(width=0.5)\n    add(width=0.5, residual='sideways')", "run w0.5_r32_t6_s0_res-sideways: config key 'residual'"),
+        (
+            "add(width=0.5)\n    add(widht=0.35)",
+            r"run #1 \(widht=0.35, seed=0\): config key 'widht' is not a known key",
+        ),
+        (
+            "add(width=0.5)\n    add(width=0.5, residual='sideways')",
+            "run w0.5_r32_t6_s0_res-sideways: config key 'residual'",
+        ),
         ("add(width=-1.0)", "run w-1.0_r32_t6_s0: width"),
         ("add(width=0.5)\n    add(width=0.5)", "run w0.5_r32_t6_s0 .#1. is identical to run #0"),
         ("add(width=0.5, resolution=16)", "run w0.5_r16_t6_s0: resolution"),
@@ -159,17 +183,25 @@ def test_sweep_file_errors(tmp_path):
 
 
 def test_global_overrides_are_validated_for_every_run(tmp_path):
-    sweep = sweeps.load_sweep(write_sweep(tmp_path, "def sweep(add):\n    add(width=0.35)\n    add(width=0.5)\n"))
+    sweep = sweeps.load_sweep(
+        write_sweep(tmp_path, "def sweep(add):\n    add(width=0.35)\n    add(width=0.5)\n")
+    )
     with pytest.raises(ValueError, match="would override a key the sweep varies"):
         sweeps.validate_global_overrides(sweep, {"width": "1.0"})
-    with pytest.raises(ValueError, match="run w0.35_r32_t6_s0 with the global overrides: config key 'totl_steps'"):
+    with pytest.raises(
+        ValueError, match="run w0.35_r32_t6_s0 with the global overrides: config key 'totl_steps'"
+    ):
         sweeps.validate_global_overrides(sweep, {"totl_steps": "3"})
     sweeps.validate_global_overrides(sweep, {"total_steps": "3"})
 
 
-@pytest.mark.parametrize("value", ["none", "relu6", "True", "1.5", "a b 'c' \"d\"", "", 0.35, 96, None, True, (1.0, 6.0)])
+@pytest.mark.parametrize(
+    "value", ["none", "relu6", "True", "1.5", "a b 'c' \"d\"", "", 0.35, 96, None, True, (1.0, 6.0)]
+)
 def test_format_value_round_trips(value):
-    assert config_lib.parse_value(sweeps.format_value(value)) == (list(value) if isinstance(value, tuple) else value)
+    assert config_lib.parse_value(sweeps.format_value(value)) == (
+        list(value) if isinstance(value, tuple) else value
+    )
 
 
 def test_list_json_is_fast_and_imports_no_jax():
@@ -196,7 +228,7 @@ def test_list_json_is_fast_and_imports_no_jax():
 # ---------------------------------------------------------------------------------------------
 # The local runner, with a fake trainer
 
-FAKE_TRAIN = r'''
+FAKE_TRAIN = r"""
 import json, os, signal, sys, time
 args = sys.argv[1:]
 assert args[0] == "train", args
@@ -219,7 +251,7 @@ open(os.path.join(workdir, "started"), "w").close()
 time.sleep(0.1 if resumed else float(overrides.get("optim.lr", "0.01")) * 10)  # lr 10: a 100 s "run"
 with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump({"complete": True, "eval_ema/top1": 0.5, "resumed": resumed}, f)
-'''
+"""
 
 
 @pytest.fixture
@@ -248,8 +280,15 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     sweep = sweeps.load_sweep(path)
     root = tmp_path / "root"
     lines: list[str] = []
-    result = sweeps.run_sweep(sweep, str(root), {"total_steps": "3"}, parallel=2, command_prefix=fake_train,
-                              log=lines.append, poll_interval=0.05)
+    result = sweeps.run_sweep(
+        sweep,
+        str(root),
+        {"total_steps": "3"},
+        parallel=2,
+        command_prefix=fake_train,
+        log=lines.append,
+        poll_interval=0.05,
+    )
     assert sorted(result.done) == ["w0.35_r32_t6_s0", "w0.75_r32_t6_s0"]
     failed_log = str(root / "w0.5_r32_t6_s0_dataset-fail-me" / "train.log")
     assert result.failed == [("w0.5_r32_t6_s0_dataset-fail-me", 3, failed_log)]
@@ -262,16 +301,26 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     call = calls(root / "w0.35_r32_t6_s0")[0]
     assert call["cache"] == str(root / ".jax_cache")
     assert "--config.total_steps=3" in call["argv"] and "--config.width=0.35" in call["argv"]
-    assert "--config.wandb.group=tmp" in call["argv"] and "--config.wandb.name=w0.35_r32_t6_s0" in call["argv"]
+    assert (
+        "--config.wandb.group=tmp" in call["argv"] and "--config.wandb.name=w0.35_r32_t6_s0" in call["argv"]
+    )
     assert "--config.wandb.tags=['width', 'dataset']" in call["argv"]
     record = json.loads((root / "w0.35_r32_t6_s0" / "sweep.json").read_text())
     assert record["sweep"] == "tmp" and record["run"] == "w0.35_r32_t6_s0"
-    assert record["overrides"] == {"width": 0.35, "seed": 0} and record["global_overrides"] == {"total_steps": "3"}
+    assert record["overrides"] == {"width": 0.35, "seed": 0} and record["global_overrides"] == {
+        "total_steps": "3"
+    }
 
     # Second invocation: complete runs are skipped (not started again), the failed one is retried.
     lines.clear()
-    again = sweeps.run_sweep(sweep, str(root), {"total_steps": "3"}, command_prefix=fake_train, log=lines.append,
-                             poll_interval=0.05)
+    again = sweeps.run_sweep(
+        sweep,
+        str(root),
+        {"total_steps": "3"},
+        command_prefix=fake_train,
+        log=lines.append,
+        poll_interval=0.05,
+    )
     assert sorted(again.skipped) == ["w0.35_r32_t6_s0", "w0.75_r32_t6_s0"]
     assert len(calls(root / "w0.35_r32_t6_s0")) == 1
     assert len(calls(root / "w0.5_r32_t6_s0_dataset-fail-me")) == 2
@@ -301,15 +350,23 @@ def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, mon
 
     threading.Thread(target=stop_when_started, daemon=True).start()
     lines: list[str] = []
-    result = sweeps.run_sweep(sweep, str(root), command_prefix=fake_train, log=lines.append, poll_interval=0.05)
+    result = sweeps.run_sweep(
+        sweep, str(root), command_prefix=fake_train, log=lines.append, poll_interval=0.05
+    )
     assert result.signal == signal.SIGTERM and result.exit_code == 143
     assert result.interrupted == [sweep.runs[0].name] and result.not_started == [sweep.runs[1].name]
     assert (first / "checkpoint").exists() and not (first / "summary.json").exists()
     assert calls(first)[0]["cache"] == str(tmp_path / "shared_cache")  # an explicit cache is kept
 
     # Rerun (a shorter run now, through a global override): the stopped run resumes.
-    result = sweeps.run_sweep(sweep, str(root), {"total_steps": "3"}, command_prefix=fake_train, log=lines.append,
-                              poll_interval=0.05)
+    result = sweeps.run_sweep(
+        sweep,
+        str(root),
+        {"total_steps": "3"},
+        command_prefix=fake_train,
+        log=lines.append,
+        poll_interval=0.05,
+    )
     assert result.done == [r.name for r in sweep.runs] and result.exit_code == 0
     assert json.loads((first / "summary.json").read_text())["resumed"] is True
     assert any(line == f"resume {sweep.runs[0].name}" for line in lines)
@@ -332,13 +389,21 @@ def test_cli_run_exit_code(tmp_path, fake_train, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Launch commands
 
-AWKWARD = "gs://bucket/my sweeps/it's \"here\""
+AWKWARD = 'gs://bucket/my sweeps/it\'s "here"'
 
 
 def _launch_args(**kw) -> SimpleNamespace:
-    base = dict(tpu="tpu-a,tpu-b", zone="us-central2-b", project="my proj", workdir=AWKWARD,
-                data_dir="gs://bucket/tf ds", package="mnv2_jax @ git+https://example.com/r.git@abc123",
-                dry_run=True, skip_setup=False, print_commands=False)
+    base = dict(
+        tpu="tpu-a,tpu-b",
+        zone="us-central2-b",
+        project="my proj",
+        workdir=AWKWARD,
+        data_dir="gs://bucket/tf ds",
+        package="mnv2_jax @ git+https://example.com/r.git@abc123",
+        dry_run=True,
+        skip_setup=False,
+        print_commands=False,
+    )
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -391,8 +456,10 @@ def test_queue_runs_through_bash(tmp_path, capsys):
     home = tmp_path / "home"
     (home / ".local" / "bin").mkdir(parents=True)
     fake = home / ".local" / "bin" / "python3"
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    f"open(os.environ['ARGV_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"open(os.environ['ARGV_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
     fake.chmod(0o755)
     env = {**os.environ, "HOME": str(home), "ARGV_LOG": str(tmp_path / "argv.jsonl")}
     out = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, timeout=60)
@@ -418,7 +485,14 @@ def test_print_commands(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 22
     argv = shlex.split(lines[0])
-    assert argv[:6] == ["mnv2", "train", "--config", "configs/imagenet.py", "--workdir", "/data/my runs/w0.35_r96_t6_s0"]
+    assert argv[:6] == [
+        "mnv2",
+        "train",
+        "--config",
+        "configs/imagenet.py",
+        "--workdir",
+        "/data/my runs/w0.35_r96_t6_s0",
+    ]
 
 
 def test_launch_without_remote_explains(tmp_path, monkeypatch):
@@ -433,18 +507,27 @@ def test_launch_without_remote_explains(tmp_path, monkeypatch):
 # W&B
 
 
-@pytest.mark.parametrize("name", ["width_resolution", "expansion", "bottleneck_activation", "residual", "smoke"])
+@pytest.mark.parametrize(
+    "name", ["width_resolution", "expansion", "bottleneck_activation", "residual", "smoke"]
+)
 def test_export_wandb_grid_equals_the_sweep(name, tmp_path):
     import yaml
 
     from mnv2_jax import cli
 
     out = tmp_path / "sweep.yaml"
-    cli.main(["sweep", "export-wandb", str(SWEEPS / f"{name}.py"), "--out", str(out), "--workdir", "/runs/x y"])
+    cli.main(
+        ["sweep", "export-wandb", str(SWEEPS / f"{name}.py"), "--out", str(out), "--workdir", "/runs/x y"]
+    )
     config = yaml.safe_load(out.read_text())
     sweep = sweeps.load_sweep(str(SWEEPS / f"{name}.py"))
     assert config["method"] == "grid" and config["project"] == sweep.project
-    assert config["command"][-1] == "${args}" and config["command"][:4] == ["${env}", "mnv2", "sweep", "train"]
+    assert config["command"][-1] == "${args}" and config["command"][:4] == [
+        "${env}",
+        "mnv2",
+        "sweep",
+        "train",
+    ]
     grid = launch.wandb_grid(config)
     as_key = launch._key
     assert sorted(map(as_key, grid)) == sorted(as_key(r.overrides) for r in sweep.runs)
@@ -455,7 +538,7 @@ def test_export_wandb_grid_equals_the_sweep(name, tmp_path):
         assert all(k.startswith("config.") for k in config["parameters"])
 
 
-@pytest.mark.parametrize("name", ["expansion", "residual", "width_resolution"])
+@pytest.mark.parametrize("name", ["expansion", "residual", "width_resolution", "smoke"])
 def test_wandb_agent_args_train_the_sweeps_runs(name, tmp_path, monkeypatch):
     """What `wandb agent` would run, formatted by wandb itself, lands in ROOT/<the sweep's run name>."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
@@ -466,7 +549,9 @@ def test_wandb_agent_args_train_the_sweeps_runs(name, tmp_path, monkeypatch):
     config = launch.wandb_sweep_config(sweep, str(tmp_path / "runs"))
     trained = []
     # A stand-in for the training loop (and its heavy imports).
-    monkeypatch.setitem(sys.modules, "mnv2_jax.train", SimpleNamespace(train_and_evaluate=lambda c, w: trained.append((c, w))))
+    monkeypatch.setitem(
+        sys.modules, "mnv2_jax.train", SimpleNamespace(train_and_evaluate=lambda c, w: trained.append((c, w)))
+    )
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     monkeypatch.setenv("WANDB_PROJECT", "the-sweeps-project")
     names = []
@@ -478,9 +563,20 @@ def test_wandb_agent_args_train_the_sweeps_runs(name, tmp_path, monkeypatch):
         c, workdir = trained[-1]
         names.append(os.path.basename(workdir))
         names_seen.add(names[-1])
-        assert c.wandb.group == sweep.name and c.wandb.name == names[-1] and c.wandb.project == "the-sweeps-project"
+        assert (
+            c.wandb.group == sweep.name
+            and c.wandb.name == names[-1]
+            and c.wandb.project == "the-sweeps-project"
+        )
         assert (pathlib.Path(workdir) / "wandb_run_id").read_text() == "abc123"
+        assert c == _with_wandb(sweep.resolved(sweep.run(names[-1])), c)  # the very config `sweep run` trains
     assert set(names) <= {r.name for r in sweep.runs} and len(names_seen) == len(names)
+
+
+def _with_wandb(config, like):
+    config = config_lib.apply_overrides(config, {})
+    config.wandb = like.wandb
+    return config
 
 
 def _grid_params(config) -> list[dict]:
@@ -492,7 +588,7 @@ def _grid_params(config) -> list[dict]:
 
 
 def test_payload_round_trip_and_broadcast():
-    job = {"config": "configs/mnist.py", "overrides": {"width": 0.5, "name": "it's \"x\" é"}, "run_id": "r1"}
+    job = {"config": "configs/mnist.py", "overrides": {"width": 0.5, "name": 'it\'s "x" é'}, "run_id": "r1"}
     assert launch.decode_payload(launch.encode_payload(job, 1024)) == job
     with pytest.raises(ValueError, match="does not fit"):
         launch.encode_payload({"x": "y" * 2000}, 1024)
@@ -505,8 +601,15 @@ def test_multihost_agent_with_mocks(tmp_path):
         {"config": MNIST, "overrides": {"config.width": 0.35, "config.seed": 0}, "run_id": "b"},
     ]
     server = [
-        {"config": j["config"], "overrides": launch.overrides_from_params(j["overrides"]), "group": "smoke",
-         "tags": ["width"], "project": "p", "entity": "e", "run_id": j["run_id"]}
+        {
+            "config": j["config"],
+            "overrides": launch.overrides_from_params(j["overrides"]),
+            "group": "smoke",
+            "tags": ["width"],
+            "project": "p",
+            "entity": "e",
+            "run_id": j["run_id"],
+        }
         for j in jobs
     ]
     queue = list(server)
@@ -522,8 +625,14 @@ def test_multihost_agent_with_mocks(tmp_path):
         return launch.decode_payload(launch.encode_payload(job))
 
     trained0, trained1 = [], []
-    rc = launch.agent("e/p/sid", str(tmp_path / "h0"), next_job_fn=next_job, broadcast=broadcast_source,
-                      train_fn=lambda c, w: trained0.append((c, w)), process_index=0)
+    rc = launch.agent(
+        "e/p/sid",
+        str(tmp_path / "h0"),
+        next_job_fn=next_job,
+        broadcast=broadcast_source,
+        train_fn=lambda c, w: trained0.append((c, w)),
+        process_index=0,
+    )
     assert rc == 0 and wire[-1] == {"done": True} and len(trained0) == 2
 
     # Another host: never asks the server, trains what process 0 broadcast, writes no files.
@@ -533,8 +642,14 @@ def test_multihost_agent_with_mocks(tmp_path):
         assert not is_source and job is None
         return next(replay)
 
-    rc = launch.agent("e/p/sid", str(tmp_path / "h1"), next_job_fn=lambda *a: pytest.fail("asked the server"),
-                      broadcast=broadcast_other, train_fn=lambda c, w: trained1.append((c, w)), process_index=1)
+    rc = launch.agent(
+        "e/p/sid",
+        str(tmp_path / "h1"),
+        next_job_fn=lambda *a: pytest.fail("asked the server"),
+        broadcast=broadcast_other,
+        train_fn=lambda c, w: trained1.append((c, w)),
+        process_index=1,
+    )
     assert rc == 0
     assert [os.path.basename(w) for _, w in trained0] == ["w0.5_r32_t6_s0", "w0.35_r32_t6_s0"]
     assert [os.path.basename(w) for _, w in trained1] == ["w0.5_r32_t6_s0", "w0.35_r32_t6_s0"]
@@ -548,8 +663,23 @@ def test_next_job_from_a_fake_wandb(monkeypatch):
         config = {"config.width": 0.5, "config.resolution": 48, "config.seed": 0}
         id, project, entity, sweep_id = "rid", "proj", "ent", "sid"
 
-    command = ["${env}", "mnv2", "sweep", "train", "--config", "configs/mnist.py", "--workdir-root", "r",
-               "--group", "smoke", "--tags", "width,resolution", "${args}"]
+    command = [
+        "${env}",
+        "mnv2",
+        "sweep",
+        "train",
+        "--config",
+        "configs/mnist.py",
+        "--workdir-root",
+        "r",
+        "--group",
+        "smoke",
+        "--tags",
+        "width,resolution",
+        "--fixed",
+        '{"max_repeats": 1}',
+        "${args}",
+    ]
     fake = SimpleNamespace(
         init=lambda: FakeRun(),
         agent=lambda sweep_id, function, count: function(),
@@ -557,9 +687,16 @@ def test_next_job_from_a_fake_wandb(monkeypatch):
     )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     job = launch.next_job("sid")
-    assert job == {"config": "configs/mnist.py", "overrides": {"width": 0.5, "resolution": 48, "seed": 0},
-                   "group": "smoke", "tags": ["width", "resolution"], "project": "proj", "entity": "ent",
-                   "run_id": "rid"}
+    assert job == {
+        "config": "configs/mnist.py",
+        "overrides": {"width": 0.5, "resolution": 48, "seed": 0},
+        "fixed": {"max_repeats": 1},
+        "group": "smoke",
+        "tags": ["width", "resolution"],
+        "project": "proj",
+        "entity": "ent",
+        "run_id": "rid",
+    }
     fake.agent = lambda sweep_id, function, count: None  # sweep exhausted: the function never runs
     assert launch.next_job("sid") is None
 
@@ -585,9 +722,20 @@ def test_real_sweep_skip_resume_and_failure(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     # One simulated device is enough here, and compiles faster than the suite's 8.
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    command = [sys.executable, "-m", "mnv2_jax", "sweep", "run", path, "--workdir", str(root),
-               "--config.max_repeats=1", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
-               "--config.checkpoint_every_steps=1000"]
+    command = [
+        sys.executable,
+        "-m",
+        "mnv2_jax",
+        "sweep",
+        "run",
+        path,
+        "--workdir",
+        str(root),
+        "--config.max_repeats=1",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=1000",
+        "--config.checkpoint_every_steps=1000",
+    ]
     a, b, bad = (root / run.name for run in sweeps.load_sweep(path).runs)
 
     runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -17,8 +17,8 @@ folded convs are what TFLite fuses and what int8 quantizes per channel;
 unfolded, the converter would see separate multiply/add ops. The folded
 function uses XLA's convolution (`mnv2_jax.layers.conv_lax`), not the
 shifted-slice depthwise kernel our CPU training uses, because the
-converter maps a convolution op to DEPTHWISE_CONV_2D but would turn nine
-strided slices into nine ops.
+converter maps a convolution op to DEPTHWISE_CONV_2D but would keep nine
+strided slices, multiplies and adds as separate ops.
 
 Every export checks itself: the SavedModel and the TFLite model run on
 the calibration (or random) images, and their outputs are compared with
@@ -227,9 +227,10 @@ def export(
 ) -> dict:
     """Export `module` with `variables` for `resolution` x `resolution` inputs in [-1, 1].
 
-    Writes into `out_dir`: `saved_model/` (always: the SavedModel is also the
-    route to TFLite), `model.tflite` or `model_int8.tflite` for
-    `format='tflite'`, and `export.json` (the returned report). `calibration`:
+    Writes into `out_dir`: `saved_model/` (always; any batch size), for
+    `format='tflite'` also `model.tflite` or `model_int8.tflite` (batch 1,
+    converted from the same jax2tf function), and `export.json` (the
+    returned report). `calibration`:
     float images (N, r, r, 3) in [-1, 1], an array or an iterable of batches;
     it drives the int8 activation ranges and the checks. Without it, 64
     uniform-noise images are used -- enough to check the conversion, but real
@@ -247,14 +248,16 @@ def export(
     if quantize and format != "tflite":
         raise ValueError("quantize='int8' applies to format='tflite' only")
     import jax
+    import jax.numpy as jnp
 
     from mnv2_jax.interop import tflite
 
     tf = _tf()
     images, synthetic = _calibration_images(calibration, resolution)
     os.makedirs(out_dir, exist_ok=True)
-    # The reference: the unfolded module in eval mode, XLA's own convs (any backend).
-    reference_module = module.clone(depthwise_impl="lax", pointwise_impl="lax")
+    # The reference: the unfolded module in eval mode, float32 (the export's precision, even for a
+    # module that trains in bfloat16), XLA's own convs (any backend).
+    reference_module = module.clone(depthwise_impl="lax", pointwise_impl="lax", dtype=jnp.float32)
     reference_fn = jax.jit(lambda v, x: reference_module.apply(v, x, train=False))
     reference = np.concatenate(
         [np.asarray(reference_fn(variables, images[i : i + 16])) for i in range(0, len(images), 16)]

@@ -187,6 +187,12 @@ def from_keras(model: Any) -> tuple[Any, dict]:
 
     from mnv2_jax.model import create_model
 
+    input_shape = tuple(getattr(model, "input_shape", ()) or ())
+    if len(input_shape) == 4 and input_shape[-1] != 3:
+        raise ValueError(
+            f"{model.name}: input shape {model.input_shape}; only channels_last (NHWC) Keras models "
+            "convert, as our module is NHWC"
+        )
     width = detect_width(model)
     num_classes = 0
     if _has_layer(model, "predictions"):
