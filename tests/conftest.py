@@ -108,9 +108,12 @@ class TinyModel:
         key = ("features", repr(model))
         if key not in self._cache:
             self._cache[key] = jax.jit(lambda v, x: model.apply(v, x, train=False, return_features=True))
-        return self._cache[key](
-            self.variables if variables is None else variables, self.x if x is None else x
-        )
+        # Full float32 convolutions on every backend (GPUs default to TF32), so that two variants
+        # compare to float32 rounding.
+        with jax.default_matmul_precision("highest"):
+            return self._cache[key](
+                self.variables if variables is None else variables, self.x if x is None else x
+            )
 
 
 @pytest.fixture(scope="session")

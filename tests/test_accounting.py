@@ -213,8 +213,12 @@ def test_madds_match_xla_cost_analysis(settings, resolution):
     sizes), so it is made the identity here; what remains besides the convs (ReLU6, shortcut additions,
     pooling) is well under 2%."""
     model = create_model(depthwise_impl="lax", pointwise_impl="lax", **settings)
-    variables = _param_tree(model, resolution)
-    x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
+    # Compiled for the CPU whatever the default backend (a GPU's convolutions are library calls).
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    variables = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), _param_tree(model, resolution)
+    )
+    x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32, sharding=cpu)
 
     def forward(v, x):
         with nn.intercept_methods(_identity_batch_norm):

@@ -16,6 +16,13 @@ from mnv2_jax import layers
 DN = ("NHWC", "HWIO", "NHWC")
 
 
+@pytest.fixture(autouse=True)
+def _full_float32():
+    # XLA's convolutions in full float32 on every backend (GPUs default to TF32 for them).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _rand(seed, shape, dtype=jnp.float32):
     # NumPy, not jax.random: each new shape would cost an XLA compile of the random-number code.
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32), dtype)
