@@ -203,7 +203,7 @@ def test_bfloat16_compute_with_float32_params(tiny):
     assert logits16.dtype == jnp.float32 and features16["block_5"].dtype == jnp.bfloat16
     assert np.all(np.isfinite(logits16))
     err = np.linalg.norm(np.asarray(logits16) - np.asarray(logits32)) / np.linalg.norm(logits32)
-    assert err < 0.05
+    assert err < 0.08  # 0.026 on CPU with these seeds; a wrong cast or unscaled layer is O(1)
 
 
 def test_fast_kernels_match_xla_convolutions_on_the_whole_model(tiny):
