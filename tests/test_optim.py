@@ -6,7 +6,6 @@ import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow off any GPU; JAX is unaffected here
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,8 @@ import pytest
 from mnv2_jax import optim
 
 tf = pytest.importorskip("tensorflow")
+# TensorFlow must not take GPU memory that JAX needs (hide devices from TF only).
+tf.config.set_visible_devices([], "GPU")
 
 # A small tree with every kind of leaf the model has, named as in mnv2_jax.model.
 SHAPES = {
