@@ -88,7 +88,8 @@ def benchmark(
     import jax.numpy as jnp
 
     from mnv2_jax import config as config_lib
-    from mnv2_jax import optim, steps as steps_lib
+    from mnv2_jax import optim
+    from mnv2_jax import steps as steps_lib
 
     log = log or (lambda _: None)
     config = config_lib.apply_overrides(
@@ -169,7 +170,9 @@ def benchmark_input(resolution: int = 224, batch_size: int = 32, num_batches: in
     """Images/s of the ImageNet-style train input pipeline alone (decode, crop, resize)."""
     from mnv2_jax import data
 
-    rate = data.input_benchmark_synthetic(resolution=resolution, batch_size=batch_size, num_batches=num_batches)
+    rate = data.input_benchmark_synthetic(
+        resolution=resolution, batch_size=batch_size, num_batches=num_batches
+    )
     return {"input_images_per_sec": rate, "resolution": resolution, "batch_size": batch_size}
 
 

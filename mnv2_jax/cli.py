@@ -22,8 +22,12 @@ def _expansion(text: str) -> float | tuple[float, ...]:
 
 def _add_arch_args(p: argparse.ArgumentParser, resolution_default: int | None = 224) -> None:
     p.add_argument("--width", type=float, default=None, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=None, help=f"input resolution (default {resolution_default})")
-    p.add_argument("--expansion", type=_expansion, default=None, help="ratio t, or 7 comma-separated (one per row)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help=f"input resolution (default {resolution_default})"
+    )
+    p.add_argument(
+        "--expansion", type=_expansion, default=None, help="ratio t, or 7 comma-separated (one per row)"
+    )
     p.add_argument("--bottleneck-activation", default=None, choices=("linear", "relu6"))
     p.add_argument("--residual", default=None, choices=("bottleneck", "expansion", "none"))
     p.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32))
@@ -52,7 +56,15 @@ def _arch_settings(args: argparse.Namespace) -> dict:
                 settings[key] = config[key]
         if isinstance(settings["expansion"], list):
             settings["expansion"] = tuple(settings["expansion"])
-    for key in ("width", "resolution", "expansion", "bottleneck_activation", "residual", "output_stride", "num_classes"):
+    for key in (
+        "width",
+        "resolution",
+        "expansion",
+        "bottleneck_activation",
+        "residual",
+        "output_stride",
+        "num_classes",
+    ):
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
@@ -137,11 +149,19 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> None:
         sys.exit(code)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from mnv2_jax import analysis
+
+    analysis.main(args)  # AnalysisError is a ValueError: one line on stderr, exit 2
+
+
 def cmd_import_keras(args: argparse.Namespace) -> None:
     from mnv2_jax.interop import keras as keras_interop
 
     try:
-        out = keras_interop.import_keras_weights(args.width, args.resolution, args.out, weights_path=args.weights)
+        out = keras_interop.import_keras_weights(
+            args.width, args.resolution, args.out, weights_path=args.weights
+        )
     except RuntimeError as e:  # no network: the message says where to put the .h5
         print(f"mnv2 import-keras: error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -171,7 +191,13 @@ def cmd_export(args: argparse.Namespace) -> None:
             )
     out = args.out or os.path.join(args.workdir, "export")
     report = export.export(
-        variables, module, resolution, out, format=args.format, quantize=args.quantize, calibration=calibration
+        variables,
+        module,
+        resolution,
+        out,
+        format=args.format,
+        quantize=args.quantize,
+        calibration=calibration,
     )
     print(json.dumps(report, indent=None if args.json else 2))
 
@@ -190,8 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="configs/X.py[:ARG]")
     p.add_argument("--workdir", required=True, help="where config, metrics and checkpoints go")
-    p.add_argument("--overwrite", action="store_true", help="resume even if the config differs from the workdir's")
-    p.add_argument("--profile", action="store_true", help="write a jax.profiler trace of a few steps to WORKDIR/profile")
+    p.add_argument(
+        "--overwrite", action="store_true", help="resume even if the config differs from the workdir's"
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="write a jax.profiler trace of a few steps to WORKDIR/profile"
+    )
     p.set_defaults(func=cmd_train, takes_extra=True)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint (raw and EMA weights) on its eval split")
@@ -202,19 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="analytic multiply-adds and parameters, per layer")
     _add_arch_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)"
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="measure train-step and inference throughput and compile time")
     _add_arch_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--steps", type=int, default=None, help="steps per timed repeat (default: about 10 s of work)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per timed repeat (default: about 10 s of work)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
     p.add_argument("--depthwise-impl", default="auto", choices=("auto", "lax", "shifted"))
     p.add_argument("--pointwise-impl", default="auto", choices=("auto", "lax", "dot"))
     p.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
-    p.add_argument("--input", action="store_true", help="measure the input pipeline alone (input_images_per_sec)")
+    p.add_argument(
+        "--input", action="store_true", help="measure the input pipeline alone (input_images_per_sec)"
+    )
     p.add_argument("--tflite", default=None, help="benchmark an exported .tflite file instead")
     p.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads (with --tflite)")
     p.add_argument("--json", action="store_true")
@@ -224,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sweeps.add_parser(sub)
     p.set_defaults(func=cmd_sweep, takes_extra=True)
+
+    from mnv2_jax import analysis  # standard library only at import, like sweeps
+
+    p = analysis.add_parser(sub)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("import-keras", help="convert Keras' ImageNet MobileNetV2 weights into a directory")
     p.add_argument("--width", type=float, required=True, help="alpha: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4")
@@ -235,10 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run (or imported weights) to TFLite or a TF SavedModel")
     p.add_argument("--workdir", required=True, help="a run's workdir or an import-keras directory")
     p.add_argument("--format", default="tflite", choices=("tflite", "savedmodel"))
-    p.add_argument("--quantize", default=None, choices=("int8",), help="full-integer post-training quantization")
+    p.add_argument(
+        "--quantize", default=None, choices=("int8",), help="full-integer post-training quantization"
+    )
     p.add_argument("--out", default=None, help="output directory (default WORKDIR/export)")
     p.add_argument("--resolution", type=int, default=None, help="input size (default: the run's resolution)")
-    p.add_argument("--calibration", type=int, default=256, help="int8: eval-split images to calibrate on (0 = noise)")
+    p.add_argument(
+        "--calibration", type=int, default=256, help="int8: eval-split images to calibrate on (0 = noise)"
+    )
     p.add_argument("--data-dir", default=None, help="TFDS data_dir for the calibration images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)

@@ -239,7 +239,7 @@ def parse_value(text: str) -> Any:
     """A command-line value: a Python literal if it parses as one, else the string."""
     import ast
 
-    if text in ("None", "none", "null"):
+    if text in ("None", "null"):  # not 'none': it is a value of `residual`
         return None
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
@@ -249,7 +249,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
     """Set dotted keys (`{'width': 0.5, 'optim.lr': 0.1}`), naming any unknown key.
 
     Values given as strings are parsed as Python literals; an int for a float

@@ -53,7 +53,9 @@ def _pads(x_shape, kernel_shape, stride: int, dilation: int) -> tuple[tuple[int,
     return same_padding(h, kh, stride, dilation), same_padding(w, kw, stride, dilation)
 
 
-def conv_lax(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, groups: int = 1) -> jax.Array:
+def conv_lax(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, groups: int = 1
+) -> jax.Array:
     """Reference: XLA's convolution with TF 'SAME' padding."""
     return lax.conv_general_dilated(
         x,
@@ -112,7 +114,10 @@ def _shifted_bwd(stride, dilation, residuals, g):
     xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     # Weight gradient: one reduction per tap, accumulated in float32.
     dkernel = jnp.stack(
-        [jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32) for _, _, tap in _taps(xpad, kh, kw, ho, wo, stride, dilation)]
+        [
+            jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32)
+            for _, _, tap in _taps(xpad, kh, kw, ho, wo, stride, dilation)
+        ]
     ).reshape(kh, kw, 1, c)
     # Input gradient: each tap scatters g * w back to where it read from. A pad
     # with interior padding (stride - 1) is that scatter; XLA fuses the sum.
@@ -124,7 +129,12 @@ def _shifted_bwd(stride, dilation, residuals, g):
             term = lax.pad(
                 g * kernel[a, b, 0],
                 jnp.zeros((), g.dtype),
-                ((0, 0, 0), (lo_h, hp - lo_h - span_h, stride - 1), (lo_w, wp - lo_w - span_w, stride - 1), (0, 0, 0)),
+                (
+                    (0, 0, 0),
+                    (lo_h, hp - lo_h - span_h, stride - 1),
+                    (lo_w, wp - lo_w - span_w, stride - 1),
+                    (0, 0, 0),
+                ),
             )
             dxpad = term if dxpad is None else dxpad + term
     dx = dxpad[:, pt : pt + h, pl : pl + w, :]
@@ -134,7 +144,9 @@ def _shifted_bwd(stride, dilation, residuals, g):
 depthwise_shifted.defvjp(_shifted_fwd, _shifted_bwd)
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, impl: str = "auto") -> jax.Array:
+def depthwise_conv(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, impl: str = "auto"
+) -> jax.Array:
     """3x3 (any kxk) depthwise conv with TF 'SAME' padding; kernel (kh, kw, 1, C)."""
     impl = resolve_impl("depthwise", impl)
     if impl == "shifted":

@@ -116,7 +116,9 @@ class InvertedResidual(nn.Module):
             if features is not None:
                 features[f"{b.name}/expansion"] = x
         expanded = x
-        x = self.unit(b.expanded_channels, 3, b.stride, b.dilation, depthwise=True, name="depthwise")(x, train)
+        x = self.unit(b.expanded_channels, 3, b.stride, b.dilation, depthwise=True, name="depthwise")(
+            x, train
+        )
         if b.shortcut == "expansion":
             x = x + expanded
         relu6 = b.bottleneck_activation == "relu6"

@@ -63,8 +63,10 @@ def create_train_state(model, tx: optax.GradientTransformation, resolution: int,
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-example softmax cross entropy with label smoothing, in float32."""
     num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing else (
-        jax.nn.one_hot(labels, num_classes)
+    targets = (
+        optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+        if label_smoothing
+        else (jax.nn.one_hot(labels, num_classes))
     )
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 

@@ -495,6 +495,29 @@ def is_complete(workdir: str) -> bool:
     return bool(summary and summary.get("complete") is True)
 
 
+def stale_keys(workdir: str, config) -> list[str]:
+    """`key: was -> now` for what a complete run's config.json says differently from `config`.
+
+    Keys a resumed run may change (config.RESUMABLE_KEYS) and keys the config leaves to the
+    train loop (None: filled from the dataset or the recipe) are not compared.
+    """
+    from mnv2_jax import config as config_lib
+
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            stored = config_lib.flatten(json.load(f))
+    except (OSError, json.JSONDecodeError):
+        return []
+    out = []
+    for key, value in config_lib.flatten(config).items():
+        top = key.split(".")[0]
+        if value is None or top in config_lib.RESUMABLE_KEYS or top == "provenance" or key not in stored:
+            continue
+        if _normalise(stored[key]) != _normalise(value):
+            out.append(f"{key}: {stored[key]!r} -> {value!r}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The local runner
 
@@ -527,6 +550,7 @@ class SweepResult:
     failed: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)  # name, exit code, log
     interrupted: list[str] = dataclasses.field(default_factory=list)
     not_started: list[str] = dataclasses.field(default_factory=list)
+    stale: list[str] = dataclasses.field(default_factory=list)  # complete, but with another config
     signal: int | None = None
     seconds: float = 0.0
 
@@ -579,8 +603,16 @@ def run_sweep(
     result = SweepResult(total=len(sweep.runs))
     pending: list[Run] = []
     for run in sweep.runs:
-        if is_complete(os.path.join(root, run.name)):
+        workdir = os.path.join(root, run.name)
+        if is_complete(workdir):
             result.skipped.append(run.name)
+            differing = stale_keys(workdir, sweep.resolved(run, global_overrides))
+            if differing:
+                result.stale.append(run.name)
+                log(
+                    f"warning: {run.name} is complete but was trained with another config "
+                    f"({'; '.join(differing[:3])}{'; ...' if len(differing) > 3 else ''}); not rerun"
+                )
         else:
             pending.append(run)
     log(
@@ -722,6 +754,11 @@ def format_report(sweep: Sweep, root: str, result: SweepResult) -> str:
         )
         + f" of {result.total}, in {_duration(result.seconds)}; workdirs in {root}"
     ]
+    if result.stale:
+        lines.append(
+            f"stale (complete, but trained with another config; delete them or use a new --workdir to "
+            f"retrain): {', '.join(result.stale)}"
+        )
     if result.failed:
         lines.append("failed runs:")
         for name, rc, path in result.failed:

@@ -76,9 +76,12 @@ def provenance() -> dict:
     def git(*args: str) -> str | None:
         try:
             here = os.path.dirname(os.path.abspath(__file__))
-            return subprocess.run(
-                ["git", *args], cwd=here, capture_output=True, text=True, timeout=5
-            ).stdout.strip() or None
+            return (
+                subprocess.run(
+                    ["git", *args], cwd=here, capture_output=True, text=True, timeout=5
+                ).stdout.strip()
+                or None
+            )
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -114,10 +117,12 @@ def resolve_config(config: ml_collections.ConfigDict, num_classes: int) -> ml_co
 
 def _comparable(cfg: dict) -> dict:
     flat = config_lib.flatten(cfg)
+    # `provenance` is a dict, so flattening turns it into `provenance.time`, `provenance.command`, ...:
+    # compare top-level names, or every resume would be refused for a different time stamp.
     return {
         k: (list(v) if isinstance(v, tuple) else v)
         for k, v in flat.items()
-        if k.split(".")[0] not in config_lib.RESUMABLE_KEYS and k != "provenance"
+        if k.split(".")[0] not in (*config_lib.RESUMABLE_KEYS, "provenance")
     }
 
 
@@ -363,14 +368,18 @@ def train_and_evaluate(
                 writer.write(step, run_eval(step))
                 last_log_time = time.time()
 
-            preempted = sigterm["received"] if jax.process_count() == 1 else checkpointer.reached_preemption(step)
+            preempted = (
+                sigterm["received"] if jax.process_count() == 1 else checkpointer.reached_preemption(step)
+            )
             if step % config.checkpoint_every_steps == 0 or last or preempted:
                 check_finite()
                 checkpointer.save(step, state, force=True)
             if preempted:
                 checkpointer.wait()
                 if is_main:
-                    print(f"SIGTERM: checkpoint at step {step} written; rerun the command to resume", flush=True)
+                    print(
+                        f"SIGTERM: checkpoint at step {step} written; rerun the command to resume", flush=True
+                    )
                 raise Preempted(143)
         checkpointer.wait()
         if start_step >= n_steps and is_main:

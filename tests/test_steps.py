@@ -34,7 +34,9 @@ RES = 32
 def tiny_config(**overrides):
     config = config_lib.load_config(os.path.join(REPO, "configs", "mnist.py"))
     # No warm-up: the very first update has a non-zero learning rate, so one step moves every weight.
-    return config_lib.apply_overrides(config, {"max_repeats": 1, "batch_size": BATCH, "optim.warmup_epochs": 0.0, **overrides})
+    return config_lib.apply_overrides(
+        config, {"max_repeats": 1, "batch_size": BATCH, "optim.warmup_epochs": 0.0, **overrides}
+    )
 
 
 def leaves(tree) -> list[np.ndarray]:
@@ -56,7 +58,9 @@ def setup():
         "image": rng.uniform(-1, 1, (BATCH, RES, RES, 3)).astype(np.float32),
         "label": rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32),
     }
-    step = steps.make_train_step(model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"])
+    step = steps.make_train_step(
+        model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"]
+    )
     single = jax.jit(step)  # one device, no sharding annotations
     new_state, metrics = single(state, batch)
     return dict(
@@ -70,7 +74,10 @@ def test_sharded_step_equals_single_device_step(setup):
     assert mesh.shape == {"data": 8}
     replicated, by_data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     step = steps.make_train_step(
-        setup["model"], setup["tx"], label_smoothing=setup["opt"]["label_smoothing"], ema_decay=setup["opt"]["ema_decay"]
+        setup["model"],
+        setup["tx"],
+        label_smoothing=setup["opt"]["label_smoothing"],
+        ema_decay=setup["opt"]["ema_decay"],
     )
     sharded = jax.jit(step, in_shardings=(replicated, by_data), out_shardings=(replicated, replicated))
     state = jax.device_put(setup["state"], replicated)
@@ -88,7 +95,9 @@ def test_sharded_step_equals_single_device_step(setup):
     for a, b in zip(ours, reference):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     # The step did something: the weights moved away from the initial ones.
-    moved = [not np.array_equal(a, b) for a, b in zip(leaves(setup["state"].params), leaves(new_state.params))]
+    moved = [
+        not np.array_equal(a, b) for a, b in zip(leaves(setup["state"].params), leaves(new_state.params))
+    ]
     assert all(moved)
 
 
@@ -113,14 +122,22 @@ def test_per_group_batch_norm_normalises_each_group_by_itself(setup):
         return optax.softmax_cross_entropy(logits, targets)
 
     halves = [forward(batch["image"][:16]), forward(batch["image"][16:])]
-    manual = jnp.mean(jnp.concatenate([loss_of(halves[0][0], batch["label"][:16]), loss_of(halves[1][0], batch["label"][16:])]))
+    manual = jnp.mean(
+        jnp.concatenate(
+            [loss_of(halves[0][0], batch["label"][:16]), loss_of(halves[1][0], batch["label"][16:])]
+        )
+    )
     global_logits, _ = forward(batch["image"])
     global_loss = jnp.mean(loss_of(global_logits, batch["label"]))
 
     np.testing.assert_allclose(float(metrics["loss"]), float(manual), rtol=1e-5)
-    assert abs(float(metrics["loss"]) - float(global_loss)) > 1e-3, "groups of 16 normalised as one batch of 32"
+    assert abs(float(metrics["loss"]) - float(global_loss)) > 1e-3, (
+        "groups of 16 normalised as one batch of 32"
+    )
     # The running statistics kept are the mean of the two groups' updates.
-    expected = jax.tree.map(lambda a, b: (a + b) / 2, halves[0][1]["batch_stats"], halves[1][1]["batch_stats"])
+    expected = jax.tree.map(
+        lambda a, b: (a + b) / 2, halves[0][1]["batch_stats"], halves[1][1]["batch_stats"]
+    )
     for a, b in zip(leaves(new_state.batch_stats), leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     # ema_decay=0: the "average" follows the variables exactly.

@@ -122,17 +122,18 @@ def test_seeds_expand_seed_major(tmp_path):
 
 
 def test_names_carry_non_default_keys_only(tmp_path):
+    default_lr = config_lib.load_config(MNIST).optim.lr
     path = write_sweep(
         tmp_path,
-        """
+        f"""
         def sweep(add):
-            add(bottleneck_activation="linear", **{"optim.lr": 0.02})
-            add(bottleneck_activation="relu6", residual="expansion", expansion=2.5, **{"optim.lr": 0.01})
+            add(bottleneck_activation="linear", **{{"optim.lr": 0.0123}})
+            add(bottleneck_activation="relu6", residual="expansion", expansion=2.5, **{{"optim.lr": {default_lr}}})
         """,
     )
     names = [r.name for r in sweeps.load_sweep(path).runs]
-    # configs/mnist.py sets optim.lr = 0.01 and a linear bottleneck: only departures are named.
-    assert names == ["w0.35_r32_t6_s0_optim.lr-0.02", "w0.35_r32_t2.5_s0_relu6_res-expansion"]
+    # Only departures from configs/mnist.py (a linear bottleneck, its own optim.lr) are named.
+    assert names == ["w0.35_r32_t6_s0_optim.lr-0.0123", "w0.35_r32_t2.5_s0_relu6_res-expansion"]
 
 
 def test_overrides_are_constants_outside_the_names(tmp_path):
@@ -325,6 +326,20 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     assert len(calls(root / "w0.35_r32_t6_s0")) == 1
     assert len(calls(root / "w0.5_r32_t6_s0_dataset-fail-me")) == 2
     assert again.exit_code == 1 and "2 skipped" in lines[-1]
+
+    # A complete run trained with another config than the sweep's now is reported as stale, not rerun.
+    (root / "w0.35_r32_t6_s0" / "config.json").write_text(json.dumps({"optim": {"lr": 0.5}, "width": 0.35}))
+    lines.clear()
+    third = sweeps.run_sweep(
+        sweep,
+        str(root),
+        {"total_steps": "3"},
+        command_prefix=fake_train,
+        log=lines.append,
+        poll_interval=0.05,
+    )
+    assert third.stale == ["w0.35_r32_t6_s0"] and "w0.35_r32_t6_s0" in third.skipped
+    assert any("optim.lr: 0.5 -> " in line for line in lines)
 
 
 def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, monkeypatch):

@@ -62,7 +62,9 @@ def make_config(data_dir: str, **overrides):
 
 def cli_args(workdir: str, data_dir: str, **overrides) -> list[str]:
     values = {**OVERRIDES, "data_dir": data_dir, **overrides}
-    return ["train", "--config", CONFIG_FILE, "--workdir", workdir] + [f"--config.{k}={v}" for k, v in values.items()]
+    return ["train", "--config", CONFIG_FILE, "--workdir", workdir] + [
+        f"--config.{k}={v}" for k, v in values.items()
+    ]
 
 
 def without_timing(records: list[dict]) -> list[dict]:
@@ -136,7 +138,9 @@ def test_run_writes_the_documented_files(base_run, data_dir):
     for prefix in ("eval", "eval_ema"):
         assert 0 <= last[f"{prefix}/top1"] <= last[f"{prefix}/top5"] <= 1
         # Accuracies over 500 examples are multiples of 1/500.
-        assert last[f"{prefix}/top1"] * EVAL_EXAMPLES == pytest.approx(round(last[f"{prefix}/top1"] * EVAL_EXAMPLES))
+        assert last[f"{prefix}/top1"] * EVAL_EXAMPLES == pytest.approx(
+            round(last[f"{prefix}/top1"] * EVAL_EXAMPLES)
+        )
     # `lr` at step k is the learning rate of update k, which sees k - 1 earlier updates (warm-up here).
     config = make_config(data_dir)
     schedule = optim.learning_rate_schedule(config, data.steps_per_epoch(config))
@@ -271,7 +275,7 @@ def test_sigterm_checkpoints_and_rerun_is_bit_identical(base_run, tmp_path, data
     stopped = re.search(r"SIGTERM: checkpoint at step (\d+) written", log)
     assert stopped, log
     step = int(stopped.group(1))
-    assert 10 <= step < STEPS
+    assert 10 <= step <= STEPS
     assert checkpoint_steps(workdir)[-1] == step
     assert int(restore_state(workdir).step) == step
     assert max(r["step"] for r in metrics.read_metrics(workdir)) <= step
@@ -372,13 +376,22 @@ def test_unknown_key_is_refused_before_anything_runs(tmp_path, data_dir, capsys)
 
 
 def test_offline_mnist_learns(tmp_path, data_dir):
-    """150 steps of batch 32 (about one epoch of the 4,500 digits) on the tiny network."""
+    """150 steps at the config's own batch of 128 (about 4 epochs of the 4,500 digits), tiny network.
+
+    Observed while writing this test: eval top-1 0.86 (raw) and 0.89 (EMA); chance is 0.1 on the 10
+    balanced classes. The bounds leave a wide margin for other seeds and platforms.
+    """
     workdir = str(tmp_path / "run")
-    summary = train.train_and_evaluate(
-        make_config(data_dir, total_steps=150, eval_every_steps=150, log_every_steps=50, checkpoint_every_steps=150),
-        workdir,
+    config = make_config(
+        data_dir,
+        batch_size=128,
+        total_steps=150,
+        eval_every_steps=150,
+        log_every_steps=50,
+        checkpoint_every_steps=150,
     )
+    summary = train.train_and_evaluate(config, workdir)
     records = metrics.read_metrics(workdir)
-    assert records[-1]["train/loss"] < records[0]["train/loss"]
-    # Chance is 0.1 on the 10 balanced classes.
-    assert summary["eval/top1"] > 0.5, summary
+    assert [r["step"] for r in records] == [50, 100, 150]
+    assert records[-1]["train/loss"] < 0.75 * records[0]["train/loss"]
+    assert summary["eval/top1"] > 0.6 and summary["eval_ema/top1"] > 0.6, summary
