@@ -10,8 +10,12 @@ __version__ = "0.1.0"
 __all__ = ["load_run", "__version__"]
 
 
-def load_run(workdir: str):
-    """Return `(module, variables, config)` of the run in `workdir` (its latest checkpoint)."""
+def load_run(workdir: str, ema: bool = True, step: int | None = None):
+    """Return `(module, variables, config)` of the run in `workdir`.
+
+    `variables` are the averaged (EMA) weights and statistics unless
+    `ema=False`; `step` picks a checkpoint (default: the latest).
+    """
     from mnv2_jax.checkpointing import load_run as _load_run
 
-    return _load_run(workdir)
+    return _load_run(workdir, ema=ema, step=step)

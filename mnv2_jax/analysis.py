@@ -335,7 +335,38 @@ def load_runs(roots: Sequence[str], log: Callable[[str], None] = _stderr) -> lis
                 log(f"skipping run {os.path.basename(os.path.normpath(workdir))} ({workdir}): {result}")
             else:
                 runs.append(result)
+        for message in missing_runs(dirs):
+            log(message)
     return runs
+
+
+def missing_runs(workdirs: Sequence[str]) -> list[str]:
+    """Runs of the sweeps these workdirs belong to (their `sweep.json` names the sweep file) that
+    have no workdir next to them: a sweep cut short before starting them."""
+    by_parent: dict[tuple[str, str], str] = {}
+    for workdir in workdirs:
+        try:
+            record = _read_json(os.path.join(workdir, "sweep.json"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        path = record.get("sweep_file")
+        if isinstance(path, str):
+            by_parent.setdefault(
+                (os.path.dirname(os.path.normpath(workdir)), path), record.get("sweep", path)
+            )
+    messages = []
+    for (parent, path), name in sorted(by_parent.items()):
+        try:
+            from mnv2_jax import sweeps
+
+            expected = [run.name for run in sweeps.load_sweep(path).runs]
+        except Exception as e:  # noqa: BLE001 - a moved or edited sweep file: say so, go on
+            messages.append(f"sweep {name}: cannot check for runs not started ({path}: {e})")
+            continue
+        for run in expected:
+            if not os.path.isdir(os.path.join(parent, run)):
+                messages.append(f"missing run {run} of sweep {name}: no workdir {os.path.join(parent, run)}")
+    return messages
 
 
 # ---------------------------------------------------------------------------------------------

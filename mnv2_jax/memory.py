@@ -217,40 +217,54 @@ def _split_block(
     from mnv2_jax import layers
 
     inner = block.expanded_channels
-    width = -(-inner // groups)
-    exact = inner % groups == 0
+    import os
+    align = int(os.environ.get("ALIGN", "1")) if not hasattr(__import__("mnv2_jax.memory").memory, "_ALIGN") else __import__("mnv2_jax.memory").memory._ALIGN
+    width = min(inner, -(-(-(-inner // groups)) // align) * align)
+    groups = -(-inner // width)
+    exact = inner % width == 0
     kproj, bproj = p["project"]["kernel"], p["project"]["bias"]
 
-    def slices(start) -> dict:
-        """Group `start`'s weights (and input channels, for a block without expansion)."""
+    def slices(j: int) -> dict:
+        """Group j's weights (and input channels, for a block without expansion): static slices."""
+        start = _group_start(j, width, inner)
 
         def cut(a, axis: int):
-            return lax.dynamic_slice_in_dim(a, start, width, axis=axis)
+            return lax.slice_in_dim(a, start, start + width, axis=axis)
 
-        w = {
-            "dw": cut(p["depthwise"]["kernel"], 3),
-            "dwb": cut(p["depthwise"]["bias"], 0),
-            "proj": cut(kproj, 2),
-        }
+        w = {"dw": cut(p["depthwise"]["kernel"], 3), "dwb": cut(p["depthwise"]["bias"], 0), "proj": cut(kproj, 2)}
+        if start < j * width:  # clamped: the channels the group before computed get zero rows
+            fresh = (np.arange(start, start + width) >= j * width).astype(np.float32)
+            w["proj"] = w["proj"] * jnp.asarray(fresh, kproj.dtype)[:, None]
         if block.has_expansion:
             w["in"], w["inb"] = cut(p["expand"]["kernel"], 3), cut(p["expand"]["bias"], 0)
         else:
             w["x"] = cut(x, 3)
         return w
 
+    shapes = jax.eval_shape(lambda: slices(0))
+
+    def packed(j: int):
+        return jnp.concatenate([a.reshape(-1) for a in jax.tree.leaves(slices(j))])
+
+    def unpack(flat) -> dict:
+        leaves, treedef = jax.tree.flatten(shapes)
+        out, offset = [], 0
+        for leaf in leaves:
+            out.append(flat[offset : offset + leaf.size].reshape(leaf.shape))
+            offset += leaf.size
+        return jax.tree.unflatten(treedef, out)
+
     def term(start, i):
         if isinstance(i, int):  # unrolled: static slices
-            w = slices(start)
+            w = slices(i)
         else:
-            # Inside the loop the slices come out of a `lax.switch` over static slices. Sliced at
-            # the traced index directly, XLA fuses the dynamic slice into the large elementwise
-            # loops that read the weights (the depthwise taps, bias + ReLU6), which then run
-            # several times slower (measured: 1.3 ms instead of 0.2 ms per group for a 56x56
-            # block). A switch's results are materialised: a few KB of weights per group.
-            w = lax.switch(i, [lambda j=j: slices(_group_start(j, width, inner)) for j in range(groups)])
-        if not exact:  # channels a clamped slice shares with the group before: zero rows
-            fresh = (start + jnp.arange(width)) >= i * width
-            w["proj"] = w["proj"] * fresh.astype(kproj.dtype)[:, None]
+            # Inside the loop, group i's slices come out of a `lax.switch` over static slices,
+            # packed into one vector (one copy per group). Sliced at the traced index directly,
+            # XLA fuses the dynamic slice into the large elementwise loops that read the weights
+            # (the depthwise taps, bias + ReLU6), which then run several times slower (measured:
+            # 1.3 ms instead of 0.2 ms per group for a 56x56 block). A switch's result is
+            # materialised: a few KB of weights per group.
+            w = unpack(lax.switch(i, [lambda j=j: packed(j) for j in range(groups)]))
         if block.has_expansion:
             e = _relu6(layers.pointwise_conv(x, w["in"], pointwise_impl) + w["inb"])
         else:

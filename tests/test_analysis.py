@@ -14,6 +14,8 @@ import pytest
 
 from mnv2_jax import accounting, analysis, cli, spec
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # Published TF-Slim top-1 (EMA) of a corner of the width x resolution grid.
 TOP1 = {(0.35, 96): 0.455, (0.35, 160): 0.557, (1.0, 96): 0.603, (1.0, 160): 0.688}
 SEED1_TOP1 = 0.692  # a second seed of 1.0/160
@@ -159,6 +161,21 @@ def test_unfinished_runs_are_reported_by_name_and_skipped(roots, capsys):
     captured = capsys.readouterr()
     assert "w0.5_r96_t6_s0" in captured.err and "w0.5_r128_t6_s0" in captured.err
     assert os.path.join(roots["grid"], "plots", "table.md") in captured.out
+
+
+def test_runs_a_sweep_never_started_are_reported(roots, tmp_path, capsys):
+    sweep_file = tmp_path / "grid_sweep.py"
+    sweep_file.write_text(
+        f"NAME = 'grid'\nCONFIG = {os.path.join(REPO, 'configs', 'mnist.py')!r}\nWANDB_PROJECT = 'p'\n"
+        "SEEDS = 1\n\ndef sweep(add):\n    add(width=0.35, resolution=96)\n    add(width=0.75, resolution=224)\n"
+    )
+    with open(os.path.join(roots["grid"], "w0.35_r96_t6_s0", "sweep.json"), "w") as f:
+        json.dump({"sweep": "grid", "run": "w0.35_r96_t6_s0", "sweep_file": str(sweep_file)}, f)
+    runs = analysis.load_runs([roots["grid"]])
+    err = capsys.readouterr().err
+    assert len(runs) == 5
+    assert f"missing run w0.75_r224_t6_s0 of sweep grid: no workdir {roots['grid']}" in err
+    assert "missing run w0.35_r96_t6_s0" not in err
 
 
 def test_the_same_seed_twice_is_reported_and_counted_once(roots, tmp_path, capsys):

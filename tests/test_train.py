@@ -67,6 +67,11 @@ def cli_args(workdir: str, data_dir: str, **overrides) -> list[str]:
     ]
 
 
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def without_timing(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not (k.endswith("_per_sec") or "time" in k)} for r in records]
 
@@ -170,18 +175,18 @@ def test_run_writes_the_documented_files(base_run, data_dir):
 
 def test_rerun_of_a_complete_run_does_not_retrain(base_run, tmp_path, data_dir):
     workdir = copy_run(base_run, tmp_path)
-    before_metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+    before_metrics = read_text(os.path.join(workdir, "metrics.jsonl"))
     before_state = restore_state(workdir)
     summary = train.train_and_evaluate(make_config(data_dir), workdir)
     assert summary == base_run[1]
-    assert open(os.path.join(workdir, "metrics.jsonl")).read() == before_metrics
+    assert read_text(os.path.join(workdir, "metrics.jsonl")) == before_metrics
     assert checkpoint_steps(workdir) == [10, 20, 30]
     assert_states_identical(restore_state(workdir), before_state)
 
 
 def test_resume_with_a_different_config_is_refused(base_run, tmp_path, data_dir):
     workdir = copy_run(base_run, tmp_path)
-    config_before = open(os.path.join(workdir, "config.json")).read()
+    config_before = read_text(os.path.join(workdir, "config.json"))
     changed = make_config(data_dir, seed=1, dropout_rate=0.3)
     with pytest.raises(ValueError, match="different config") as info:
         train.train_and_evaluate(changed, workdir)
@@ -189,7 +194,7 @@ def test_resume_with_a_different_config_is_refused(base_run, tmp_path, data_dir)
     differing = re.findall(r"^  (\S+): workdir has", message, flags=re.M)
     assert differing == ["dropout_rate", "seed"]
     assert "workdir has 0, command has 1" in message and "--overwrite" in message
-    assert open(os.path.join(workdir, "config.json")).read() == config_before  # nothing was touched
+    assert read_text(os.path.join(workdir, "config.json")) == config_before  # nothing was touched
 
     # --overwrite: resumes anyway (the run is complete, so nothing trains) and records the new config.
     summary = train.train_and_evaluate(changed, workdir, overwrite=True)
@@ -210,8 +215,7 @@ def test_more_total_steps_extends_the_run(base_run, tmp_path, data_dir):
     assert int(restore_state(workdir).step) == 40
 
 
-def _start_cli(workdir: str, data_dir: str, log_path: str) -> subprocess.Popen:
-    log = open(log_path, "w")
+def _start_cli(workdir: str, data_dir: str, log) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mnv2_jax", *cli_args(workdir, data_dir)],
         cwd=REPO,
@@ -223,11 +227,12 @@ def _start_cli(workdir: str, data_dir: str, log_path: str) -> subprocess.Popen:
 
 def _interrupt_after_first_checkpoint(workdir: str, data_dir: str, sig: int, tmp_path) -> tuple[int, str]:
     log_path = str(tmp_path / "log.txt")
-    process = _start_cli(workdir, data_dir, log_path)
+    with open(log_path, "w") as log:
+        process = _start_cli(workdir, data_dir, log)
     try:
         deadline = time.time() + 300
         while not checkpoint_steps(workdir):
-            assert process.poll() is None, open(log_path).read()
+            assert process.poll() is None, read_text(log_path)
             assert time.time() < deadline, "no checkpoint within 300 s"
             time.sleep(0.1)
         process.send_signal(sig)
@@ -236,7 +241,7 @@ def _interrupt_after_first_checkpoint(workdir: str, data_dir: str, sig: int, tmp
         if process.poll() is None:
             process.kill()
             process.wait()
-    return rc, open(log_path).read()
+    return rc, read_text(log_path)
 
 
 def _assert_same_as_base(workdir: str, base_run) -> None:
@@ -332,7 +337,7 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
     assert summary["complete"]
     runs = glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
     assert runs, os.listdir(workdir)
-    run_id = open(os.path.join(workdir, metrics.WANDB_ID_FILE)).read().strip()
+    run_id = read_text(os.path.join(workdir, metrics.WANDB_ID_FILE)).strip()
     assert any(run.endswith(run_id) for run in runs)
 
 
