@@ -16,8 +16,9 @@ Two layers, one direction (analysis reads only what runs wrote):
 
 A run without `summary.json`, or whose summary does not say `"complete": true`, is not
 plotted: it is reported on stderr by name (with how far it got) and skipped, so a half
-finished sweep never silently loses a point. Top-1 is that of the EMA weights
-(`eval_ema/top1`) unless `metric` says otherwise.
+finished sweep never silently loses a point; so are the runs of a sweep that never started
+(a run's `sweep.json` names its sweep file; runs of it without a workdir are listed). Top-1 is
+that of the EMA weights (`eval_ema/top1`) unless `metric` says otherwise (`eval/top1`: raw).
 
 Figures are `matplotlib.figure.Figure`s built without pyplot (no global state, any
 backend; a notebook shows them with `display(fig)`), saved as PNG and SVG.

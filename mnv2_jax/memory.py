@@ -247,22 +247,30 @@ def _split_block(
             w["x"] = cut(x, 3)
         return w
 
-    leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: slices(0)))
+    # The small slices (depthwise kernel, biases) are read by elementwise loops: packed into one
+    # vector, one copy. The large ones (the 1x1 kernels, or input channels) feed dots or the
+    # depthwise conv as whole arrays: each its own output, also one copy.
+    small_keys = ("dw", "dwb", "inb")
+    shapes = jax.eval_shape(lambda: slices(0))
 
-    def packed(j: int):
-        return jnp.concatenate([a.reshape(-1) for a in jax.tree.leaves(slices(j))])
+    def packed(j: int) -> dict:
+        w = slices(j)
+        out = {k: v for k, v in w.items() if k not in small_keys}
+        out["small"] = jnp.concatenate([w[k].reshape(-1) for k in small_keys if k in w])
+        return out
 
-    def unpack(flat) -> dict:
-        out, offset = [], 0
-        for leaf in leaves:
-            out.append(flat[offset : offset + leaf.size].reshape(leaf.shape))
-            offset += leaf.size
-        return jax.tree.unflatten(treedef, out)
+    def unpack(out: dict) -> dict:
+        w, offset = {k: v for k, v in out.items() if k != "small"}, 0
+        for k in small_keys:
+            if k in shapes:
+                w[k] = out["small"][offset : offset + shapes[k].size].reshape(shapes[k].shape)
+                offset += shapes[k].size
+        return w
 
     def term(i):
         if isinstance(i, int):  # unrolled
             w = slices(i)
-        else:  # one packed copy of this group's slices (module docstring, point 3)
+        else:  # one copy of this group's slices, through a switch (module docstring, point 3)
             w = unpack(lax.switch(i, [lambda j=j: packed(j) for j in range(groups)]))
         if block.has_expansion:
             e = _relu6(layers.pointwise_conv(x, w["in"], pointwise_impl) + w["inb"])
@@ -509,31 +517,35 @@ def working_sets(
     one group's slices -- the expansion's output and the zero-padded
     activation the shifted depthwise conv reads, and for a stride-1 block also
     the depthwise output (XLA fuses the centre tap to read the expansion's
-    output, which then stays alive). Used to plan splits.
+    output, which then stays alive) -- and the copy of the group's weight
+    slices, which is what dominates in low-resolution blocks. Used to plan
+    splits.
     """
     splits = normalize_split(arch, split)
     h = w = resolution
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, int, int]] = []  # (name, activation elements per image, weight elements)
     blocks = list(zip(arch.blocks, splits))
     h1, w1 = output_size(h, arch.stem.stride), output_size(w, arch.stem.stride)
     if _fuses_stem(arch, splits):
         b0, s0 = blocks.pop(0)
         rows = -(-h1 // s0)
         inner = (2 * (rows + 2) + rows) * w1 * b0.expanded_channels
-        out.append((f"stem+{b0.name}", h * w * 3 + h1 * w1 * b0.out_channels + inner))
+        out.append((f"stem+{b0.name}", h * w * 3 + h1 * w1 * b0.out_channels + inner, 0))
     else:
-        out.append(("stem", h * w * 3 + h1 * w1 * arch.stem.out_channels))
+        out.append(("stem", h * w * 3 + h1 * w1 * arch.stem.out_channels, 0))
     h, w = h1, w1
     for b, s in blocks:
         ho, wo = output_size(h, b.stride), output_size(w, b.stride)
         width = b.expanded_channels if s == 1 else group_width(b.expanded_channels, s)
         inner = h * w + (h + 2) * (w + 2) + (h * w if b.stride == 1 else 0)
-        out.append((b.name, h * w * b.in_channels + ho * wo * b.out_channels + inner * width))
+        weights = 0 if s == 1 else width * ((b.in_channels if b.has_expansion else 0) + b.out_channels + 11)
+        out.append((b.name, h * w * b.in_channels + ho * wo * b.out_channels + inner * width, weights))
         h, w = ho, wo
     c = arch.head.out_channels
     width = c if splits[-1] == 1 else group_width(c, splits[-1])
-    out.append(("head+pool", h * w * (arch.head.in_channels + width) + c))
-    return [(name, count * batch * bytes_per_element) for name, count in out]
+    weights = 0 if splits[-1] == 1 else width * (arch.head.in_channels + 1)
+    out.append(("head+pool", h * w * (arch.head.in_channels + width) + c, weights))
+    return [(name, (acts * batch + weights) * bytes_per_element) for name, acts, weights in out]
 
 
 def plan_split(
@@ -736,10 +748,12 @@ def paper_notes(result: dict) -> list[str]:
     )
     v2max, v1max = result["MobileNetV2"]["max_kb"], result["MobileNetV1"]["max_kb"]
     plain = result["MobileNetV2_without_first_layer_trick"]["max_kb"]
+    single_v1 = max(row["single_kb"] for row in result["MobileNetV1"]["rows"])
     notes.append(
         f"max: rule V2 {v2max:.0f} kB (paper 400), V1 {v1max:.0f} kB (paper 1600): V1/V2 = {v1max / v2max:.1f}x "
-        f"(paper 4.0x; by the largest single tensor, as the paper's V1 column, V1 is 1606 kB: 4.0x). Without the "
-        f"first-layer trick V2 needs {plain:.0f} kB (block 0's 32+16 channels at 112x112)."
+        f"(paper 4.0x; by V1's largest single tensor, as in the paper's V1 column, {single_v1:.0f} kB: "
+        f"{single_v1 / v2max:.1f}x). Without the first-layer trick V2 needs {plain:.0f} kB (block 0's input and "
+        "output at 112x112)."
     )
     return notes
 
@@ -902,10 +916,12 @@ def measure(
         "pointwise_impl": pointwise_impl,
     }
     reference = None
-    for name, fn in fns.items():
+    for name in fns:
+        # Compile once: the compiled executable gives the memory analysis and runs the timings.
+        fns[name] = fns[name].lower(params, x).compile()
         entry = {"split": list(variants[name])}
-        entry["temp_bytes"] = int(fn.lower(params, x).compile().memory_analysis().temp_size_in_bytes)
-        out = np.asarray(fn(params, x), np.float32)
+        entry["temp_bytes"] = int(fns[name].memory_analysis().temp_size_in_bytes)
+        out = np.asarray(fns[name](params, x), np.float32)
         if reference is None:
             reference = out
         else:
@@ -921,6 +937,78 @@ def measure(
                 result[name]["throughput_ratio"] = seconds["standard"] / s
         result["repeats"] = repeats
     return result
+
+
+def measure_curve(
+    width: float = 1.0,
+    resolution: int = 224,
+    splits: Sequence[int] = (1, 2, 3, 4, 5, 6),
+    batch: int = 1,
+    dtype: str = "float32",
+    *,
+    repeats: int = 7,
+    throughput: bool = True,
+    plan: bool = True,
+    loop: str = "while",
+    max_repeats: int | None = None,
+    num_classes: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
+    """Temp bytes (and images/s) for each uniform S in `splits` and, with `plan`, its
+    `plan_split`: the peak-memory-vs-S curve. One row per (S, kind); kind 'uniform' or
+    'planned'; S=1 is the standard model. Timings interleaved across all variants, as in
+    `measure`; `throughput_ratio` is relative to S=1 from the same run.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from mnv2_jax.spec import build_architecture, validate
+
+    validate(width=width, resolution=resolution)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: must be one of {DTYPES}, got {dtype!r}")
+    arch = build_architecture(width=width, num_classes=num_classes, max_repeats=max_repeats)
+    jdtype = jnp.dtype(dtype)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jdtype), random_folded_params(arch, seed))
+    x = jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (batch, resolution, resolution, 3)), jdtype)
+    variants: dict[tuple[int, str], tuple[int, ...]] = {}
+    for s in sorted(set(int(s) for s in splits) | {1}):
+        variants[(s, "uniform")] = normalize_split(arch, s)
+        if plan and s > 1:
+            variants[(s, "planned")] = plan_split(
+                arch, resolution, s, batch=batch, bytes_per_element=jdtype.itemsize
+            )
+    fns = {
+        key: jax.jit(lambda p, x, s=s: split_apply(arch, p, x, s, loop=loop)) for key, s in variants.items()
+    }
+    estimate = {
+        key: max(
+            b for _, b in working_sets(arch, resolution, s, batch=batch, bytes_per_element=jdtype.itemsize)
+        )
+        for key, s in variants.items()
+    }
+    rows = []
+    for key in fns:
+        fns[key] = fns[key].lower(params, x).compile()  # once, for the analysis and the timings
+        rows.append(
+            {
+                "S": key[0],
+                "kind": key[1],
+                "split": list(variants[key]),
+                "temp_bytes": int(fns[key].memory_analysis().temp_size_in_bytes),
+                "estimated_bytes": int(estimate[key]),
+            }
+        )
+    base = next(r["temp_bytes"] for r in rows if r["S"] == 1)
+    for row in rows:
+        row["memory_factor"] = base / max(row["temp_bytes"], 1)
+    if throughput:
+        seconds = _time_interleaved({key: (lambda f=f: f(params, x)) for key, f in fns.items()}, repeats)
+        for row in rows:
+            s = seconds[(row["S"], row["kind"])]
+            row["images_per_sec"] = batch / s
+            row["throughput_ratio"] = seconds[(1, "uniform")] / s
+    return rows
 
 
 def report(

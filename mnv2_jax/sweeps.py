@@ -798,6 +798,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("file")
     q.add_argument("--workdir", required=True, help="root: one directory per run, ROOT/<run name>")
     q.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
+    q.add_argument(
+        "--plot",
+        default=None,
+        help="then draw these plots (comma-separated kinds of `mnv2 plot`, e.g. fig5,table) into ROOT/plots",
+    )
 
     q = s.add_parser(
         "launch",
@@ -886,7 +891,15 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
             print(format_listing(sweep, rows))
         return 0
     if command == "run":
-        return run_sweep(sweep, args.workdir, overrides, parallel=args.parallel).exit_code
+        code = run_sweep(sweep, args.workdir, overrides, parallel=args.parallel).exit_code
+        if args.plot:
+            from mnv2_jax import analysis
+
+            runs = analysis.load_runs([args.workdir])
+            for kind in args.plot.split(","):
+                for path in analysis.make(kind.strip(), runs, os.path.join(args.workdir, "plots")):
+                    print(f"wrote {path}")
+        return code
     if command == "launch":
         from mnv2_jax import launch
 

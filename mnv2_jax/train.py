@@ -411,6 +411,13 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     tx = optim.create_optimizer(config, steps_per_epoch=1)
     mesh = data_mesh()
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    eval_step = jax.jit(steps.make_eval_step(model), in_shardings=(replicated, batch_sharding))
+    if os.path.exists(os.path.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
+        from mnv2_jax.interop.keras import load_imported
+
+        variables = jax.device_put(load_imported(workdir), replicated)
+        result = evaluate(eval_step, variables, config, batch_sharding)
+        return {"workdir": workdir, "dataset": config.dataset, **{f"eval/{k}": v for k, v in result.items()}}
     abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
     checkpointer = checkpointing.Checkpointer(workdir)
     state = checkpointer.restore(abstract, step)
@@ -418,7 +425,6 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     if state is None:
         raise ValueError(f"{workdir}: no checkpoint to evaluate")
     state = jax.device_put(state, replicated)
-    eval_step = jax.jit(steps.make_eval_step(model), in_shardings=(replicated, batch_sharding))
     out: dict[str, Any] = {"workdir": workdir, "step": int(state.step), "dataset": config.dataset}
     for prefix, ema in (("eval", False), ("eval_ema", True)):
         result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
