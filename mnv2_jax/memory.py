@@ -30,19 +30,21 @@ What it took for XLA to keep the saving (measured at 1.0/224, batch 1, CPU):
 
 1. A loop. Written as a Python loop, the S groups are independent
    computations; XLA's scheduler interleaves them and several groups' slices
-   are alive at once: unrolled, S=4 used *more* temporary memory than the
-   standard model (15 MB vs 9.7 MB). Each split block is a `lax.fori_loop`
+   are alive at once: unrolled, S=4 needs *more* temporary memory than the
+   standard model (15.4 MB vs 9.7 MB; 3.5 MB in a loop). Each split block is
+   a `lax.fori_loop`
    (an XLA while loop) carrying the accumulator: a while body runs one
    iteration at a time and reuses its buffers.
 2. An accumulator that is not created early. A `jnp.zeros` initial carry has
-   no operands; XLA hoisted all seventeen of them (and the copies the while
-   loops make) to the start of the program, where they stayed alive: 2.3 MB
-   of a 4.7 MB peak at S=4. `_zeros_after` ties them to the block's input.
+   no operands; XLA hoists all seventeen of them (and the copies the while
+   loops make) to the start of the program, where they stay alive: 4.7 MB
+   instead of 3.5 MB at S=4. `_zeros_after` ties them to the block's input.
 3. Weight slices that are not fused. Slicing a group's weights at the traced
    loop index (`lax.dynamic_slice`) lets XLA fuse the slice into the large
    elementwise loops (depthwise taps, bias + ReLU6), which then ran ~5x
-   slower. The slices come from a `lax.switch` over static slices instead,
-   packed into one vector: one small copy per group.
+   slower. The slices come out of a `lax.switch` over static slices instead:
+   one copy of the group's weights per iteration (the small ones packed into
+   one vector, to keep the number of XLA ops, each ~5 us to launch, down).
 4. Group widths that suit the vector unit: ceil(C/S) rounded up to a multiple
    of 8 where S groups still cover the channels (`group_width`).
 
@@ -52,8 +54,10 @@ zero projection rows, so the sum stays exact.
 
 Where to split: the peak is a maximum over layers, so splitting a
 low-resolution block that is far below it only adds loop overhead (about
-50 us per group on this CPU). `plan_split` keeps S where it sets the peak
-and splits other blocks only as much as needed to stay under it.
+50 us per group on this CPU) and a copy of its weight slices, which at low
+resolution can outweigh the activations saved. `plan_split` keeps S where
+it sets the peak and splits other blocks only as much as needed to stay
+under it (estimates from `working_sets`).
 
 Table 3 (analytic). `analytic_table` derives for each spatial size the largest
 number of channels, and the memory (16-bit activations, batch 1), that must be
@@ -198,13 +202,14 @@ def _fuses_stem(arch: Architecture, splits: tuple[int, ...]) -> bool:
 def _zeros_after(x, shape: tuple[int, ...]):
     """Zeros of `shape` that XLA cannot create before `x` exists: a split block's accumulator.
 
-    A plain `jnp.zeros` has no operands, and XLA's scheduler hoisted it -- with
+    A plain `jnp.zeros` has no operands, and XLA's scheduler hoists it -- with
     the copy each while loop makes of its initial carry -- to the start of the
-    program, so every split block's accumulator stayed alive for the whole
-    network (2.3 MB of a 4.7 MB peak at 1.0/224, S=4). Adding min(|x[0]|, 0),
-    zero for every number including inf (a NaN propagates, as it would through
-    the block anyway), ties the zeros to the block's input with float
-    arithmetic that XLA does not simplify away.
+    program, so every split block's accumulator stays alive for the whole
+    network (at 1.0/224, S=4: 4.7 MB instead of 3.5 MB). Adding
+    min(|x[0]|, 0) -- zero for every number, inf included; a NaN spreads over
+    the block's output, and the global pool gives NaN logits either way --
+    ties the zeros to the block's input with float arithmetic that XLA does
+    not simplify away.
     """
     import jax.numpy as jnp
 
@@ -551,25 +556,32 @@ def working_sets(
 def plan_split(
     arch: Architecture, resolution: int, split: int, *, batch: int = 1, bytes_per_element: int = 4
 ) -> tuple[int, ...]:
-    """Per-block group counts with the estimated peak of `split` everywhere, but each block split
-    no more than it needs to stay under that peak (1 for most low-resolution blocks).
+    """Per-block group counts (at most `split` each) with the lowest estimated peak, each block
+    split no more than it needs to stay under that peak.
 
-    Why: the peak is a maximum over layers, and each extra group costs a
-    loop iteration; blocks at 14x14 and 7x7 are far below the peak the
-    high-resolution blocks set, and splitting them cost ~15% throughput at
-    S=4 for nothing.
+    Why: the peak is a maximum over layers, and every group costs a loop
+    iteration and a copy of its weight slices. Blocks at 14x14 and below sit
+    far under the peak the 112x112 and 56x56 blocks set (splitting them cost
+    ~15% throughput at 1.0/224, S=4, for nothing), and at low resolution
+    their weight copies can outweigh the activations saved. Estimates from
+    `working_sets`.
     """
     uniform = normalize_split(arch, split)
-    kwargs = dict(batch=batch, bytes_per_element=bytes_per_element)
-    target = max(b for _, b in working_sets(arch, resolution, uniform, **kwargs))
-    plan = list(uniform)
-    for i in range(len(plan)):
-        for s in range(1, uniform[i] + 1):
-            trial = tuple(plan[:i] + [s] + plan[i + 1 :])
-            if max(b for _, b in working_sets(arch, resolution, trial, **kwargs)) <= target:
-                plan[i] = s
-                break
-    return tuple(plan)
+    n = len(uniform)
+
+    def cost(i: int, s: int) -> int:
+        """The estimated bytes of the layers block i's split decides, the other blocks whole."""
+        trial = tuple(s if j == i else 1 for j in range(n))
+        sets = dict(working_sets(arch, resolution, trial, batch=batch, bytes_per_element=bytes_per_element))
+        name = arch.blocks[i].name
+        keys = [k for k in sets if k == name or k.endswith("+" + name)]
+        keys += ["stem"] if i == 0 and "stem" in sets else []
+        keys += ["head+pool"] if i == n - 1 else []
+        return max(sets[k] for k in keys)
+
+    costs = [[cost(i, s) for s in range(1, uniform[i] + 1)] for i in range(n)]
+    target = max(min(c) for c in costs)
+    return tuple(next(s for s, c in enumerate(cs, start=1) if c <= target) for cs in costs)
 
 
 # --- Table 3: the analytic memory ----------------------------------------------------------------

@@ -29,10 +29,12 @@ from mnv2_jax import launch, sweeps
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
 MNIST = str(REPO / "configs" / "mnist.py")
+# The temporary sweeps below pin the base resolution, so run names don't follow the config's default.
+MNIST32 = MNIST + ":resolution=32"
 
 
 def write_sweep(
-    tmp_path: pathlib.Path, body: str, name: str = "tmp", config: str = MNIST, seeds: int = 1
+    tmp_path: pathlib.Path, body: str, name: str = "tmp", config: str = MNIST32, seeds: int = 1
 ) -> str:
     path = tmp_path / f"{name}.py"
     path.write_text(
@@ -666,9 +668,10 @@ def test_multihost_agent_with_mocks(tmp_path):
         process_index=1,
     )
     assert rc == 0
-    assert [os.path.basename(w) for _, w in trained0] == ["w0.5_r32_t6_s0", "w0.35_r32_t6_s0"]
-    assert [os.path.basename(w) for _, w in trained1] == ["w0.5_r32_t6_s0", "w0.35_r32_t6_s0"]
-    assert (tmp_path / "h0" / "w0.5_r32_t6_s0" / "wandb_run_id").read_text() == "a"
+    r = config_lib.load_config(MNIST).resolution  # the agent runs the config file as it is
+    assert [os.path.basename(w) for _, w in trained0] == [f"w0.5_r{r}_t6_s0", f"w0.35_r{r}_t6_s0"]
+    assert [os.path.basename(w) for _, w in trained1] == [f"w0.5_r{r}_t6_s0", f"w0.35_r{r}_t6_s0"]
+    assert (tmp_path / "h0" / f"w0.5_r{r}_t6_s0" / "wandb_run_id").read_text() == "a"
     assert not (tmp_path / "h1").exists()
     assert trained0[0][0].wandb.group == "smoke" and trained0[0][0].wandb.tags == ("width",)
 
