@@ -213,7 +213,9 @@ def cmd_memory(args: argparse.Namespace) -> None:
     width = 1.0 if args.width is None else args.width
     resolution = 224 if args.resolution is None else args.resolution
     spec.validate(width=width, resolution=resolution)
-    result = {"analytic": memory.analytic(spec.build_architecture(width=width), resolution)}
+    arch = spec.build_architecture(width=width)
+    memory.normalize_split(arch, args.split)  # a bad --split fails before anything is compiled
+    result = {"analytic": memory.analytic(arch, resolution)}
     if not args.analytic_only:
         result.update(
             memory.measure(

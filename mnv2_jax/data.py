@@ -492,6 +492,10 @@ def _train_examples(settings: InputConfig, builder, start_step: int, steps: int,
         settings.train_split, process_index=process_index, process_count=process_count
     )
     base = _read(builder, split, cache=_should_cache(settings, builder))
+    # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
+    # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
+    # config.seed alone, so the global seed is cleared (anyone who set one loses it here).
+    tf.random.set_seed(None)
     shuffle_key = _base_key(settings.seed, process_index, 0)
     per_epoch = steps * local_batch
     start_epoch, skip = divmod(start_step, steps)

@@ -11,7 +11,6 @@ stride-2, identity-shortcut and t=1 blocks are all there) at 32-65 pixels, one c
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 
@@ -226,22 +225,3 @@ def test_cli_memory(capsys):
 
 
 # --- Notebook -----------------------------------------------------------------------------------
-
-
-def test_notebook_runs_in_fast_mode():
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
-        "outputs not cleared"
-    )
-    env = dict(os.environ, MNV2_FAST="1")
-    # The kernel sees one CPU device, as a user's does (the suite simulates 8 for data parallelism).
-    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    env.pop("MPLBACKEND", None)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    )
-    client.execute(env=env, cwd=str(NOTEBOOK.parent))
-    errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors

@@ -34,6 +34,7 @@ CONFIG_FILE = os.path.join(REPO, "configs", "mnist.py")
 STEPS = 30
 # Everything but data_dir; the CLI runs pass the same values as --config.KEY=VALUE.
 OVERRIDES = {
+    "resolution": 32,
     "max_repeats": 1,
     "batch_size": 32,
     "eval_batch_size": 64,  # 500 = 7 * 64 + 52: the last eval batch is padded
@@ -164,7 +165,8 @@ def test_run_writes_the_documented_files(base_run, data_dir):
     assert summary["eval/top1"] == last["eval/top1"] and summary["eval_ema/top1"] == last["eval_ema/top1"]
     from mnv2_jax import accounting
 
-    counts = accounting.count(config_lib.architecture_from_config(make_config(data_dir), 10), 32)
+    config = make_config(data_dir)
+    counts = accounting.count(config_lib.architecture_from_config(config, 10), config.resolution)
     assert (summary["madds"], summary["params"]) == (counts.madds, counts.params)
 
     assert checkpoint_steps(workdir) == [10, 20, 30]
