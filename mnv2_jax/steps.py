@@ -71,12 +71,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def _is_finite(tree: PyTree) -> jax.Array:
-    # One reduction instead of one per array; a norm that overflows float32
-    # (gradients beyond ~1e19) counts as non-finite, which it is in practice.
-    return jnp.isfinite(optax.tree.norm(tree))
-
-
 def make_train_step(
     model,
     tx: optax.GradientTransformation,
@@ -141,13 +135,16 @@ def make_train_step(
             ema_params=ema_params,
             ema_batch_stats=ema_batch_stats,
         )
-        finite = jnp.isfinite(loss) & _is_finite(grads)
+        # One norm serves both the log and the check; a norm that overflows float32
+        # (gradients beyond ~1e19) counts as non-finite, which it is in practice.
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # Keep the last good state: a NaN step changes nothing but the report.
         new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)
         metrics = {
             "loss": loss,
             "top1": top1,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             # The new optimizer state holds the hyperparameters this update used (the old one: the
             # previous update's), so that the logged lr at step k is the one that produced step k.
             "lr": optim.current_learning_rate(opt_state),
