@@ -10,6 +10,11 @@ and inference. The torch side runs with ``--ema 0.9999`` because our train step
 also updates the weight and batch-norm moving average (``--torch-args '--ema 0'``
 turns it off: later arguments win).
 
+Both sides run under the same host allocator (``--allocator``, default ``auto``:
+jemalloc with huge pages where installed, see ``mnv2_jax/allocator.py``); the
+allocator changes CPU step times by up to 2x for both frameworks, so comparing
+JAX under one allocator with PyTorch under another would measure the allocator.
+
     python benchmarks/compare.py                       # the default five settings, batch 32
     python benchmarks/compare.py --settings 1.0/224,1.0/96 --batch-sizes 32,128 --json out.json
     python benchmarks/compare.py --jax-cmd 'python my_bench.py --w {width} --r {resolution} --b {batch_size}'
@@ -37,6 +42,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+from mnv2_jax import allocator  # noqa: E402  (standard library only)
 DEFAULT_SETTINGS = "1.0/224,1.0/160,1.0/96,0.5/128,0.35/96"
 METRICS = ("train_images_per_sec", "infer_images_per_sec")
 COMMON = "--width {width} --resolution {resolution} --batch-size {batch_size} --json"
@@ -260,6 +267,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="environment for the torch side (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE on a busy machine",
     )
+    p.add_argument(
+        "--allocator",
+        default="auto",
+        choices=allocator.ALLOCATORS,
+        help="host allocator for both sides (default auto: jemalloc if installed, else glibc huge pages)",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark run (default 1800)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write all results to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
@@ -272,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--rounds: must be >= 1")
     commands = {"jax": args.jax_cmd or default_jax_cmd(), "torch": args.torch_cmd or default_torch_cmd()}
     extras = {"jax": args.jax_args, "torch": args.torch_args}
-    envs = {"jax": parse_env(args.jax_env), "torch": parse_env(args.torch_env)}
+    shared = allocator.allocator_env(args.allocator, os.environ, allocator.find_jemalloc())
+    # Ours must not re-exec itself into a different allocator than the torch side's.
+    shared.update({allocator.ENV_VAR: "system"})
+    envs = {side: {**shared, **parse_env(getattr(args, f"{side}_env"))} for side in ("jax", "torch")}
+    log_alloc = allocator.describe({**os.environ, **shared})
     jobs = [(w, r, b) for (w, r) in args.settings for b in args.batch_sizes]
     if args.dry_run:
         for w, r, b in jobs:
@@ -285,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    log(f"host allocator (both sides): {log_alloc}")
     rows = []
     for n, (width, resolution, batch_size) in enumerate(jobs, 1):
         runs: dict[str, list[dict[str, Any]]] = {"jax": [], "torch": []}
@@ -329,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             "commands": commands,
             "extra_args": extras,
             "extra_env": envs,
+            "allocator": log_alloc,
             "rounds": args.rounds,
             "results": rows,
         }

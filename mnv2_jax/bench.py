@@ -87,6 +87,7 @@ def benchmark(
     import jax
     import jax.numpy as jnp
 
+    from mnv2_jax import allocator
     from mnv2_jax import config as config_lib
     from mnv2_jax import optim
     from mnv2_jax import steps as steps_lib
@@ -122,6 +123,7 @@ def benchmark(
         "dtype": dtype,
         "depthwise_impl": depthwise_impl,
         "pointwise_impl": pointwise_impl,
+        "allocator": allocator.describe(),
     }
     if "train" in modes:
         opt = optim.resolve_optim(config)

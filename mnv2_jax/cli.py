@@ -355,11 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run XLA computations: they start under the allocator of
+# `mnv2_jax.allocator` (a re-exec of the process, before JAX is imported).
+_COMPUTE_COMMANDS = ("train", "eval", "bench", "sweep", "memory", "export")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)
     try:
+        if args.command in _COMPUTE_COMMANDS:
+            from mnv2_jax import allocator
+
+            allocator.maybe_reexec(argv)
         if getattr(args, "takes_extra", False):
             args.func(args, extra)
         else:

@@ -158,5 +158,9 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.A
     """1x1 conv; kernel (1, 1, C_in, C_out)."""
     impl = resolve_impl("pointwise", impl)
     if impl == "dot":
-        return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        # As a 2-D matmul: the weight gradient is then x^T g on (pixels, C)
+        # matrices, which XLA's CPU dot takes as is; with 4-D operands it first
+        # transposes the whole output gradient.
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
+        return y.reshape(*x.shape[:-1], kernel.shape[-1])
     return conv_lax(x, kernel)

@@ -1,0 +1,81 @@
+"""The host allocator: which environment each MNV2_ALLOCATOR choice sets, and that the
+compute commands really re-execute under it (and only once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mnv2_jax import allocator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator switch is Linux-only")
+
+
+@linux_only
+def test_auto_prefers_jemalloc_and_keeps_freed_memory():
+    env = allocator.allocator_env("auto", {}, "/x/libjemalloc.so.2")
+    assert env["LD_PRELOAD"] == "/x/libjemalloc.so.2"
+    conf = dict(item.split(":") for item in env["MALLOC_CONF"].split(","))
+    assert conf["dirty_decay_ms"] == "-1" and conf["muzzy_decay_ms"] == "-1"
+    assert conf["thp"] == "always"
+
+
+@linux_only
+def test_auto_without_jemalloc_uses_glibc_huge_pages_and_keeps_other_tunables():
+    assert allocator.allocator_env("auto", {}, None) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    env = allocator.allocator_env("glibc-thp", {"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off"}, "/x/libjemalloc.so.2")
+    assert env == {"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off:glibc.malloc.hugetlb=1"}
+    assert allocator.allocator_env("auto", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=2"}, None) == {}
+
+
+@linux_only
+@pytest.mark.parametrize("environ", [{"LD_PRELOAD": "/my/tcmalloc.so"}, {"MALLOC_CONF": "narenas:1"}])
+def test_a_users_own_allocator_settings_win(environ):
+    assert allocator.allocator_env("auto", environ, "/x/libjemalloc.so.2") == {}
+
+
+def test_system_changes_nothing():
+    assert allocator.allocator_env("system", {}, "/x/libjemalloc.so.2") == {}
+
+
+@linux_only
+def test_errors_name_the_variable_and_the_fix():
+    with pytest.raises(ValueError, match=r"MNV2_ALLOCATOR.*\('auto', 'jemalloc', 'glibc-thp', 'system'\)"):
+        allocator.allocator_env("tcmalloc", {}, None)
+    with pytest.raises(ValueError, match="apt-get install libjemalloc2"):
+        allocator.allocator_env("jemalloc", {}, None)
+
+
+def test_describe():
+    assert allocator.describe({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == "jemalloc"
+    assert allocator.describe({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == "glibc-thp"
+    assert allocator.describe({}) == "system"
+
+
+def _bench(choice: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MNV2_ALLOCATOR", "GLIBC_TUNABLES"))}
+    env["MNV2_ALLOCATOR"] = choice
+    argv = [sys.executable, "-m", "mnv2_jax", "bench", "--width", "0.35", "--resolution", "32"]
+    argv += ["--batch-size", "2", "--num-classes", "10", "--modes", "infer", "--steps", "1", "--repeats", "1"]
+    return subprocess.run([*argv, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@linux_only
+@pytest.mark.parametrize("choice, expected", [("glibc-thp", "glibc-thp"), ("system", "system")])
+def test_compute_commands_run_under_the_chosen_allocator(choice, expected):
+    proc = _bench(choice)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["allocator"] == expected
+    assert result["infer_images_per_sec"] > 0
+
+
+def test_a_bad_choice_stops_the_command_with_the_allowed_values():
+    proc = _bench("fast")
+    assert proc.returncode == 2
+    assert "MNV2_ALLOCATOR" in proc.stderr and "jemalloc" in proc.stderr
