@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 from mnv2_jax import allocator  # noqa: E402  (standard library only)
+
 DEFAULT_SETTINGS = "1.0/224,1.0/160,1.0/96,0.5/128,0.35/96"
 METRICS = ("train_images_per_sec", "infer_images_per_sec")
 COMMON = "--width {width} --resolution {resolution} --batch-size {batch_size} --json"

@@ -87,9 +87,8 @@ def benchmark(
     import jax
     import jax.numpy as jnp
 
-    from mnv2_jax import allocator
+    from mnv2_jax import allocator, optim
     from mnv2_jax import config as config_lib
-    from mnv2_jax import optim
     from mnv2_jax import steps as steps_lib
 
     log = log or (lambda _: None)

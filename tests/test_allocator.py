@@ -13,7 +13,9 @@ import pytest
 from mnv2_jax import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator switch is Linux-only")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the allocator switch is Linux-only"
+)
 
 
 @linux_only
@@ -28,7 +30,9 @@ def test_auto_prefers_jemalloc_and_keeps_freed_memory():
 @linux_only
 def test_auto_without_jemalloc_uses_glibc_huge_pages_and_keeps_other_tunables():
     assert allocator.allocator_env("auto", {}, None) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    env = allocator.allocator_env("glibc-thp", {"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off"}, "/x/libjemalloc.so.2")
+    env = allocator.allocator_env(
+        "glibc-thp", {"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off"}, "/x/libjemalloc.so.2"
+    )
     assert env == {"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=off:glibc.malloc.hugetlb=1"}
     assert allocator.allocator_env("auto", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=2"}, None) == {}
 
