@@ -94,7 +94,7 @@ class ConvBN(nn.Module):
             axis_index_groups=self.bn_axis_index_groups,
             name="bn",
         )(x)
-        return jnp.clip(x, 0, 6) if self.relu6 else x
+        return layers.relu6(x) if self.relu6 else x
 
 
 class InvertedResidual(nn.Module):

@@ -235,3 +235,18 @@ def test_resolve_impl():
         layers.resolve_impl("pointwise", "shifted")
     with pytest.raises(ValueError, match="^depthwise_impl:"):
         layers.depthwise_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 1, 2)), impl="fast")
+
+
+def test_relu6_values_and_mask_gradient():
+    x = jnp.array([-2.0, 0.0, 0.5, 3.0, 6.0, 7.5], jnp.float32)
+    np.testing.assert_array_equal(layers.relu6(x), jnp.clip(x, 0, 6))
+    grad = jax.grad(lambda v: jnp.sum(layers.relu6(v) * jnp.arange(1.0, 7.0)))(x)
+    # 1 strictly inside (0, 6), 0 outside and at the kinks (as TF and PyTorch).
+    np.testing.assert_array_equal(grad, [0.0, 0.0, 3.0, 4.0, 0.0, 0.0])
+    away = jnp.array([-1.0, 0.25, 2.0, 5.9, 9.0], jnp.float32)
+    np.testing.assert_array_equal(
+        jax.grad(lambda v: jnp.sum(layers.relu6(v)))(away),
+        jax.grad(lambda v: jnp.sum(jnp.clip(v, 0, 6)))(away),
+    )
+    bf16 = jax.grad(lambda v: jnp.sum(layers.relu6(v)).astype(jnp.float32))(x.astype(jnp.bfloat16))
+    assert bf16.dtype == jnp.bfloat16
