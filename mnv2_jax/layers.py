@@ -154,6 +154,31 @@ def depthwise_conv(
     return conv_lax(x, kernel, stride, dilation, groups=x.shape[-1])
 
 
+def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1) -> jax.Array:
+    """A full kxk conv as one matmul: the kh*kw shifted views side by side (im2col).
+
+    For the stem (3 input channels, so K = 27) this is about 2x faster on CPU
+    than XLA's convolution, forward and for the weight gradient.
+    """
+    (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, stride, dilation)
+    kh, kw, cin, cout = kernel.shape
+    ho, wo = _out_size(x.shape[1], stride), _out_size(x.shape[2], stride)
+    xpad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    cols = jnp.concatenate([tap for _, _, tap in _taps(xpad, kh, kw, ho, wo, stride, dilation)], axis=-1)
+    y = jnp.dot(cols.reshape(-1, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
+    return y.reshape(x.shape[0], ho, wo, cout)
+
+
+def full_conv(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, impl: str = "auto"
+) -> jax.Array:
+    """A kxk conv over all input channels (the stem); `impl` as for 1x1 convs: `dot` = im2col."""
+    impl = resolve_impl("pointwise", impl)
+    if impl == "dot":
+        return conv_im2col(x, kernel, stride, dilation)
+    return conv_lax(x, kernel, stride, dilation)
+
+
 def pointwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
     """1x1 conv; kernel (1, 1, C_in, C_out)."""
     impl = resolve_impl("pointwise", impl)

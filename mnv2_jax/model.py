@@ -52,7 +52,7 @@ class Conv(nn.Module):
             return layers.depthwise_conv(x, kernel, self.stride, self.dilation, self.depthwise_impl)
         if k == 1 and self.stride == 1:
             return layers.pointwise_conv(x, kernel, self.pointwise_impl)
-        return layers.conv_lax(x, kernel, self.stride, self.dilation)
+        return layers.full_conv(x, kernel, self.stride, self.dilation, self.pointwise_impl)
 
 
 class ConvBN(nn.Module):

@@ -155,6 +155,29 @@ def test_pointwise_dot_matches_lax():
         _assert_close(a, b)
 
 
+@pytest.mark.parametrize(
+    "h, w, stride, dilation, k",
+    [(9, 9, 2, 1, 3), (8, 8, 2, 1, 3), (7, 10, 1, 1, 3), (8, 9, 1, 2, 3), (6, 6, 2, 1, 1)],
+)
+def test_full_conv_im2col_matches_lax(h, w, stride, dilation, k):
+    x, kernel = _rand(11, (2, h, w, 3)), _rand(12, (k, k, 3, 8))
+    cot = _rand(13, (2, -(-h // stride), -(-w // stride), 8))
+
+    @jax.jit
+    def run(x, kernel, cot):
+        out = {}
+        for impl in ("dot", "lax"):
+            fn = lambda x, k, impl=impl: layers.full_conv(x, k, stride, dilation, impl=impl)  # noqa: E731
+            y, vjp = jax.vjp(fn, x, kernel)
+            out[impl] = (y, *vjp(cot))
+        return out
+
+    out = run(x, kernel, cot)
+    for a, b in zip(out["dot"], out["lax"]):
+        assert a.shape == b.shape
+        _assert_close(a, b)
+
+
 @pytest.mark.parametrize("impl", ["shifted", "lax"])
 def test_same_padding_stride2_even_input_pads_bottom_right_only(impl):
     """On an 8x8 input a 3x3 stride-2 conv needs one pad row/column: TF puts it bottom/right.
