@@ -21,6 +21,11 @@ starts, so the `mnv2` compute commands re-execute themselves once with it set
 - `system`: leave the environment alone.
 
 An LD_PRELOAD or MALLOC_CONF already set by the user is left as it is.
+
+Measured here (1.0/224, batch 32, train step): steady steps take 1.2 s under
+jemalloc; once per process, usually in the first steps, the heap grows by one
+more step's worth (about 5 GB at this size) and that step takes several
+seconds longer while the kernel finds huge pages.
 """
 
 from __future__ import annotations
