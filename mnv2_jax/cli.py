@@ -362,10 +362,13 @@ _COMPUTE_COMMANDS = ("train", "eval", "bench", "sweep", "memory", "export")
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)
     try:
-        if args.command in _COMPUTE_COMMANDS:
+        if from_command_line and args.command in _COMPUTE_COMMANDS:
+            # Only a real `mnv2`/`python -m mnv2_jax` process restarts itself;
+            # main([...]) called from Python (tests, notebooks) never does.
             from mnv2_jax import allocator
 
             allocator.maybe_reexec(argv)

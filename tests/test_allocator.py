@@ -83,3 +83,16 @@ def test_a_bad_choice_stops_the_command_with_the_allowed_values():
     proc = _bench("fast")
     assert proc.returncode == 2
     assert "MNV2_ALLOCATOR" in proc.stderr and "jemalloc" in proc.stderr
+
+
+def test_main_called_from_python_never_replaces_the_process(monkeypatch, capsys):
+    from mnv2_jax import cli
+
+    def fail(*args):
+        raise AssertionError("os.execve called from cli.main([...])")
+
+    monkeypatch.setattr(os, "execve", fail)
+    monkeypatch.delenv("MNV2_ALLOCATOR_APPLIED", raising=False)
+    monkeypatch.setenv("MNV2_ALLOCATOR", "glibc-thp")
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--width", "0.35", "--resolution", "-1"])
