@@ -188,9 +188,9 @@ def _group_start(i, width: int, total: int):
 
 
 def _relu6(x):
-    import jax.numpy as jnp
+    from mnv2_jax import layers
 
-    return jnp.clip(x, 0, 6)
+    return layers.relu6(x)
 
 
 def _fuses_stem(arch: Architecture, splits: tuple[int, ...]) -> bool:
