@@ -155,6 +155,33 @@ def test_pointwise_dot_matches_lax():
         _assert_close(a, b)
 
 
+def test_pointwise_small_k_matches_dot_values_and_gradients():
+    x = _rand(11, (2, 5, 7, 16))
+    w = _rand(12, (16, 24))
+    cot = _rand(13, (2, 5, 7, 24))
+
+    @jax.jit
+    def run(x, w, cot):
+        out = {}
+        for name, fn in (("small_k", layers.pointwise_small_k), ("dot", layers._pointwise_dot)):
+            y, vjp = jax.vjp(fn, x, w)
+            out[name] = (y, *vjp(cot))
+        return out
+
+    out = run(x, w, cot)
+    expected = np.einsum("nhwc,cd->nhwd", np.asarray(x, np.float64), np.asarray(w, np.float64))
+    _assert_close(out["small_k"][0], expected)
+    for a, b in zip(out["small_k"], out["dot"]):
+        _assert_close(a, b)
+
+
+def test_pointwise_small_k_only_for_few_channels_over_many_pixels():
+    assert layers.use_small_k((32, 112, 112, 16))
+    assert layers.use_small_k((32, 56, 56, layers.SMALL_K))
+    assert not layers.use_small_k((32, 56, 56, layers.SMALL_K + 1))
+    assert not layers.use_small_k((2, 5, 7, 16))  # too few pixels: the matmul is faster
+
+
 @pytest.mark.parametrize(
     "h, w, stride, dilation, k",
     [(9, 9, 2, 1, 3), (8, 8, 2, 1, 3), (7, 10, 1, 1, 3), (8, 9, 1, 2, 3), (6, 6, 2, 1, 1)],
