@@ -108,12 +108,43 @@ def _shifted_fwd(x, kernel, stride, dilation):
     return _shifted_forward(x, kernel, stride, dilation), (x, kernel)
 
 
+def _depthwise_input_grad(g, kernel, size, pad_low, padded, stride, dilation):
+    """The input gradient as the forward pass computes its output: g on the stride
+    grid of the padded input, padded once by a kernel's reach on each side, then
+    kh*kw shifted multiply-adds with the flipped kernel, cropped to the input.
+
+    Written as kh*kw zero-padded scatters of g summed (one `lax.pad` with interior
+    padding per tap), XLA fused them but paid bounds checks per tap and element;
+    one materialised pad and plain slices, as in the forward pass, made the train
+    step 1.0/160 batch 128 8% faster (2.75 -> 2.54 s) and 1.0/224 batch 32 3%
+    faster on the 2-core test machine; small settings (0.35/96, 1.0/96 at batch
+    32) moved within their noise (-2% and -6%, ranges overlapping).
+    """
+    (h, w), (pt, pl), (hp, wp) = size, pad_low, padded
+    kh, kw = kernel.shape[:2]
+    ho, wo = g.shape[1:3]
+    reach_h, reach_w = (kh - 1) * dilation, (kw - 1) * dilation
+    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+    gpad = lax.pad(
+        g,
+        jnp.zeros((), g.dtype),
+        ((0, 0, 0), (reach_h, hp - span_h, stride - 1), (reach_w, wp - span_w, stride - 1), (0, 0, 0)),
+    )
+    dx = None
+    for a in range(kh):
+        for b in range(kw):
+            top, left = pt + (kh - 1 - a) * dilation, pl + (kw - 1 - b) * dilation
+            view = lax.slice_in_dim(lax.slice_in_dim(gpad, top, top + h, axis=1), left, left + w, axis=2)
+            term = view * kernel[a, b, 0]
+            dx = term if dx is None else dx + term
+    return dx
+
+
 def _shifted_bwd(stride, dilation, residuals, g):
     x, kernel = residuals
     (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, stride, dilation)
     n, h, w, c = x.shape
     kh, kw = kernel.shape[:2]
-    ho, wo = g.shape[1:3]
     hp, wp = h + pt + pb, w + pl + pr
     # Weight gradient: one reduction per tap, accumulated in float32.
     dkernel = jnp.stack(
@@ -122,25 +153,7 @@ def _shifted_bwd(stride, dilation, residuals, g):
             for _, _, tap in _same_taps(x, kernel.shape, stride, dilation)
         ]
     ).reshape(kh, kw, 1, c)
-    # Input gradient: each tap scatters g * w back to where it read from. A pad
-    # with interior padding (stride - 1) is that scatter; XLA fuses the sum.
-    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
-    dxpad = None
-    for a in range(kh):
-        for b in range(kw):
-            lo_h, lo_w = a * dilation, b * dilation
-            term = lax.pad(
-                g * kernel[a, b, 0],
-                jnp.zeros((), g.dtype),
-                (
-                    (0, 0, 0),
-                    (lo_h, hp - lo_h - span_h, stride - 1),
-                    (lo_w, wp - lo_w - span_w, stride - 1),
-                    (0, 0, 0),
-                ),
-            )
-            dxpad = term if dxpad is None else dxpad + term
-    dx = dxpad[:, pt : pt + h, pl : pl + w, :]
+    dx = _depthwise_input_grad(g, kernel, (h, w), (pt, pl), (hp, wp), stride, dilation)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
