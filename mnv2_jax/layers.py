@@ -17,6 +17,7 @@ implementation with `lax.conv_general_dilated`, outputs and gradients.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -210,10 +211,7 @@ SMALL_K_PIXELS = 100_000
 
 def use_small_k(x_shape: tuple[int, ...]) -> bool:
     """Whether `pointwise_conv(impl='dot')` takes `pointwise_small_k` for this input."""
-    pixels = 1
-    for d in x_shape[:-1]:
-        pixels *= d
-    return x_shape[-1] <= SMALL_K and pixels >= SMALL_K_PIXELS
+    return x_shape[-1] <= SMALL_K and math.prod(x_shape[:-1]) >= SMALL_K_PIXELS
 
 
 def _pointwise_dot(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -252,6 +250,8 @@ def _small_k_fwd(x, w):
 
 def _small_k_bwd(residuals, g):
     x, w = residuals
+    # The matmul path's own gradients (its unused forward product is dead code
+    # that XLA drops).
     _, vjp = jax.vjp(_pointwise_dot, x, w)
     return vjp(g)
 
