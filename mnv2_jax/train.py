@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnv2_jax import accounting, checkpointing, data, metrics, optim, steps
+from mnv2_jax import accounting, checkpointing, data, export_cache, metrics, optim, steps
 from mnv2_jax import config as config_lib
 
 COMPLETE_KEY = "complete"
@@ -150,6 +150,22 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return max(1, math.ceil(config.total_epochs * steps_per_epoch))
 
 
+# Config keys that neither the model nor the optimizer reads: runs that differ only in these share
+# their exported steps (`mnv2_jax.export_cache`), so a seed sweep traces its train step once.
+_NOT_READ_BY_STEPS = (
+    "seed", "wandb", "progress", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+    "keep_checkpoints", "init_from", "data_dir", "download", "cache", "shuffle_buffer", "augment", "eval_crop",
+)  # fmt: skip
+
+
+def step_cache_key(config: ml_collections.ConfigDict, **extra: Any) -> dict:
+    """What the compiled steps depend on: the config (less `_NOT_READ_BY_STEPS`) and `extra`."""
+    values = json.loads(config.to_json())
+    for key in _NOT_READ_BY_STEPS:
+        values.pop(key, None)
+    return {"config": values, **extra}
+
+
 def bn_groups(config: ml_collections.ConfigDict) -> int:
     """How many independent batch-norm groups the global batch splits into."""
     if config.bn_group_size is None:
@@ -205,6 +221,17 @@ def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
         batch_stats=out["batch_stats"],
         ema_params=out["params"],
         ema_batch_stats=out["batch_stats"],
+    )
+
+
+def _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log=None):
+    return export_cache.cached_jit(
+        steps.make_eval_step(model),
+        name="eval_step",
+        key=step_cache_key(config, num_classes=num_classes),
+        in_shardings=(replicated, batch_sharding),
+        out_sharding=replicated,
+        log=log,
     )
 
 
@@ -278,16 +305,21 @@ def train_and_evaluate(
     writer = metrics.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
     progress = metrics.Progress(n_steps, enabled=is_main and config.progress)
 
-    train_step = jax.jit(
+    # Jitted, with the traced program kept beside the compilation cache: a rerun skips tracing.
+    log = print if is_main and config.progress else None
+    train_step = export_cache.cached_jit(
         steps.make_train_step(
             model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"], bn_groups=groups
         ),
+        name="train_step",
+        key=step_cache_key(config, num_classes=num_classes, steps_per_epoch=steps_per_epoch),
         in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
+        out_sharding=replicated,
+        donate_argnums=(0,),
+        log=log,
     )
     reset = jax.jit(steps.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
-    eval_step = jax.jit(steps.make_eval_step(model), in_shardings=(replicated, batch_sharding))
+    eval_step = _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log)
 
     sigterm = {"received": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
@@ -411,7 +443,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     tx = optim.create_optimizer(config, steps_per_epoch=1)
     mesh = data_mesh()
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    eval_step = jax.jit(steps.make_eval_step(model), in_shardings=(replicated, batch_sharding))
+    eval_step = _cached_eval_step(model, config, config.num_classes, replicated, batch_sharding)
     if os.path.exists(os.path.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
         from mnv2_jax.interop.keras import load_imported
 
