@@ -421,6 +421,7 @@ def run_benchmark(
     bottleneck_activation: str = "linear",
     skip_train: bool = False,
     skip_infer: bool = False,
+    infer_chunk: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
@@ -472,7 +473,10 @@ def run_benchmark(
 
     def infer_step() -> None:
         with torch.inference_mode(), autocast():
-            net(images)
+            if infer_chunk and infer_chunk < batch_size:  # the batch in chunks, one after another
+                torch.cat([net(chunk) for chunk in images.split(infer_chunk)])
+            else:
+                net(images)
 
     result: dict[str, Any] = {
         "framework": "torch",
@@ -495,6 +499,7 @@ def run_benchmark(
         "padding": padding,
         "optimizer": optimizer,
         "ema_decay": ema_decay,
+        "infer_chunk": infer_chunk or batch_size,
         **counts,
     }
 
@@ -557,6 +562,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bf.add_argument("--no-bf16", dest="bf16", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
+        "--infer-chunk",
+        type=int,
+        default=None,
+        help="run inference over the batch in chunks of this many images (default: the whole batch)",
+    )
+    p.add_argument(
         "--padding",
         choices=PADDINGS,
         default="tf",
@@ -612,6 +623,7 @@ def main(argv: list[str] | None = None) -> None:
         bottleneck_activation=args.bottleneck_activation,
         skip_train=args.skip_train,
         skip_infer=args.skip_infer,
+        infer_chunk=args.infer_chunk,
         log=log,
     )
     if args.json:

@@ -3,7 +3,8 @@
 The train step is `mnv2 train`'s own (`mnv2_jax.steps.make_train_step`):
 forward, backward, L2 weight decay, RMSProp with momentum (the slim recipe),
 batch-norm statistics update and the weight average. Inference is the eval
-forward pass (running statistics). Images/s is the median over repeats after
+forward pass (running statistics), `steps.predict`: a big batch in chunks
+on one CPU device (`steps.infer_chunk`). Images/s is the median over repeats after
 a warm-up. Compile seconds: cold is trace, lower and compile into empty caches;
 cached is what a second process pays with warm caches (`mnv2_jax.export_cache`
 loads the exported step instead of tracing it, XLA loads the executable).
@@ -96,6 +97,7 @@ def benchmark(
     depthwise_impl: str = "auto",
     pointwise_impl: str = "auto",
     modes: tuple[str, ...] = ("train", "infer"),
+    infer_chunk: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure one setting; returns the `mnv2 bench --json` dictionary."""
@@ -176,10 +178,13 @@ def benchmark(
     else:
         variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), batch["image"][:1]))()
     if "infer" in modes:
-        infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        infer = jax.jit(lambda v, x: steps_lib.predict(model, v, x, infer_chunk))
         start = time.perf_counter()
         compiled_infer = infer.lower(variables, batch["image"]).compile()
         result["infer_compile_seconds"] = time.perf_counter() - start
+        result["infer_chunk"] = infer_chunk or steps_lib.infer_chunk(
+            batch_size, (resolution, resolution), width
+        )
         first = min(_time_steps(lambda: compiled_infer(variables, batch["image"]), 1, 3))
         n = steps or _steps_for(first)
         seconds = _time_steps(lambda: compiled_infer(variables, batch["image"]), n, repeats)

@@ -120,6 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             depthwise_impl=args.depthwise_impl,
             pointwise_impl=args.pointwise_impl,
             modes=tuple(args.modes.split(",")),
+            infer_chunk=args.infer_chunk,
             log=None if args.json else print,
         )
     print(json.dumps(result) if args.json else bench.format_result(result))
@@ -286,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depthwise-impl", default="auto", choices=("auto", "lax", "shifted"))
     p.add_argument("--pointwise-impl", default="auto", choices=("auto", "lax", "dot"))
     p.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
+    p.add_argument(
+        "--infer-chunk",
+        type=int,
+        default=None,
+        help="images per inference chunk (default: steps.infer_chunk, 8 on one CPU device; "
+        "the batch size = the whole batch at once)",
+    )
     p.add_argument(
         "--input", action="store_true", help="measure the input pipeline alone (input_images_per_sec)"
     )

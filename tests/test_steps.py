@@ -203,3 +203,26 @@ def test_ema_after_one_step_is_tf_warmup_average(setup):
     # The optimizer applied exactly the first learning rate of the schedule.
     lr = float(setup["metrics"]["lr"])
     assert lr == pytest.approx(optim.scaled_learning_rate(setup["config"]), rel=1e-6)
+
+
+def test_predict_in_chunks_equals_the_whole_batch(setup):
+    model, state = setup["model"], setup["state"]
+    variables = steps.eval_variables(state, ema=False)
+    images = jnp.asarray(setup["batch"]["image"][:8])
+    whole = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    chunked = jax.jit(lambda v, x: steps.predict(model, v, x, chunk=2))(variables, images)
+    assert chunked.shape == whole.shape
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk: must be a positive divisor of the batch size 8, got 3"):
+        steps.predict(model, variables, images, chunk=3)
+
+
+def test_infer_chunk_splits_only_big_batches_on_one_cpu_device():
+    per_224 = steps.INFER_CHUNK_SIZE // (224 * 224)
+    assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 1) == per_224
+    assert steps.infer_chunk(30, (224, 224), 1.0, "cpu", 1) == 10  # the smallest divisor reaching the size
+    assert steps.infer_chunk(32, (224, 224), 0.5, "cpu", 1) == 2 * per_224  # half the activations per image
+    assert steps.infer_chunk(32, (96, 96), 0.35, "cpu", 1) == 32  # small activations: the whole batch
+    assert steps.infer_chunk(7, (224, 224), 1.0, "cpu", 1) == 7  # a prime batch runs whole
+    assert steps.infer_chunk(32, (224, 224), 1.0, "gpu", 1) == 32
+    assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 8) == 32
