@@ -207,7 +207,11 @@ class CachedFunction:
                 return self._plain(leaves, in_tree, jit_kwargs, start)
             self._store(path, exported, out_tree)
             source = "exported"
-        compiled = jax.jit(exported.call, **jit_kwargs).lower(*leaves).compile()
+        try:
+            compiled = jax.jit(exported.call, **jit_kwargs).lower(*leaves).compile()
+        except Exception as e:  # noqa: BLE001 -- never fail a run on the cache: trace as usual
+            self.log(f"{self.name}: cannot use {path.name} ({type(e).__name__}: {e}); compiling with jax.jit")
+            return self._plain(leaves, in_tree, jit_kwargs, start)
         self.log(f"{self.name} ready in {time.perf_counter() - start:.1f} s (program {source}: {path.name})")
         self.last_source = source
         return _Entry(compiled, out_tree, source)

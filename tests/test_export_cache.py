@@ -151,3 +151,19 @@ def test_a_step_export_cannot_handle_falls_back_to_jit(tmp_path):
     np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [0.0, 2.0, 4.0])
     assert fn.last_source == "jit" and any("not exported" in m for m in messages)
     assert not list(tmp_path.glob("*.jax_exported"))
+
+
+def test_an_entry_that_does_not_fit_falls_back_to_jit(tmp_path):
+    def affine(x):
+        return x * 2 + 1
+
+    export_cache.cached_jit(affine, name="affine", key={}, cache_dir=str(tmp_path))(jnp.arange(3.0))
+    (entry,) = tmp_path.glob("affine-*.jax_exported")
+    other = tmp_path / "other"
+    export_cache.cached_jit(affine, name="affine", key={}, cache_dir=str(other))(jnp.arange(4.0))
+    (wrong,) = other.glob("affine-*.jax_exported")
+    entry.write_bytes(wrong.read_bytes())  # an entry for shape (4,) under the key of shape (3,)
+    messages = []
+    fn = export_cache.cached_jit(affine, name="affine", key={}, cache_dir=str(tmp_path), log=messages.append)
+    np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [1.0, 3.0, 5.0])
+    assert fn.last_source == "jit" and any("cannot use" in m for m in messages)
