@@ -426,6 +426,8 @@ def run_benchmark(
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Train and inference throughput (images/s, median over `repeats` after `warmup` steps)."""
+    if infer_chunk is not None and infer_chunk < 1:
+        raise ValueError(f"infer_chunk: must be a positive number of images, got {infer_chunk}")
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--infer-chunk",
         type=int,
         default=None,
-        help="images per inference chunk (default: steps.infer_chunk, 8 on one CPU device; "
+        help="images per inference chunk, a divisor of the batch size (default: steps.infer_chunk: "
+        "on one CPU device chunks of at least 8 images at 1.0/224, else the whole batch; "
         "the batch size = the whole batch at once)",
     )
     p.add_argument(
