@@ -10,6 +10,15 @@ and inference. The torch side runs with ``--ema 0.9999`` because our train step
 also updates the weight and batch-norm moving average (``--torch-args '--ema 0'``
 turns it off: later arguments win).
 
+Training and inference run in separate processes (``--modes split``, the
+default): each side's inference is measured in a process that did nothing else.
+Measured in the same process after a train phase (``--modes together``), the
+train phase's leftover state moved inference in opposite directions for the
+two frameworks on the 2-core test machine (1.0/224, batch 32: JAX 101-127
+images/s after training against 133-171 alone; PyTorch 81-93 after training
+against 67-78 alone), so that ratio measured the process history as much as
+inference.
+
 Both sides run under the same host allocator (``--allocator``, default ``auto``:
 jemalloc with huge pages where installed, see ``mnv2_jax/allocator.py``); the
 allocator changes CPU step times by up to 2x for both frameworks, so comparing
@@ -19,9 +28,12 @@ JAX under one allocator with PyTorch under another would measure the allocator.
     python benchmarks/compare.py --settings 1.0/224,1.0/96 --batch-sizes 32,128 --json out.json
     python benchmarks/compare.py --jax-cmd 'python my_bench.py --w {width} --r {resolution} --b {batch_size}'
 
-Command templates may use ``{width}``, ``{resolution}``, ``{batch_size}`` and
-``{python}`` (this interpreter); each command must print one JSON object with
-``train_images_per_sec`` and ``infer_images_per_sec`` on stdout (other output
+Command templates may use ``{width}``, ``{resolution}``, ``{batch_size}``,
+``{python}`` (this interpreter) and ``{mode_args}`` (with ``--modes split``, the
+arguments that select one mode: ``--modes train``/``--modes infer`` for ours,
+``--skip-infer``/``--skip-train`` for torch_mnv2.py; a custom template needs it
+there). Each command must print one JSON object with the metrics it measured
+(``train_images_per_sec``, ``infer_images_per_sec``) on stdout (other output
 before it is ignored).
 """
 
@@ -47,7 +59,13 @@ from mnv2_jax import allocator  # noqa: E402  (standard library only)
 
 DEFAULT_SETTINGS = "1.0/224,1.0/160,1.0/96,0.5/128,0.35/96"
 METRICS = ("train_images_per_sec", "infer_images_per_sec")
-COMMON = "--width {width} --resolution {resolution} --batch-size {batch_size} --json"
+MODES = ("split", "together")
+# Arguments that make each default command measure one mode only (`--modes split`).
+MODE_ARGS = {
+    "jax": {"train": "--modes train", "infer": "--modes infer"},
+    "torch": {"train": "--skip-infer", "infer": "--skip-train"},
+}
+COMMON = "--width {width} --resolution {resolution} --batch-size {batch_size} --json {mode_args}"
 
 
 def default_jax_cmd() -> str:
@@ -132,10 +150,17 @@ def run_one(
     extra: str,
     timeout: float,
     extra_env: dict[str, str] | None = None,
+    metrics: tuple[str, ...] = METRICS,
+    mode_args: str = "",
 ) -> dict[str, Any]:
-    """Run one benchmark command; its JSON result plus `wall_seconds`, or `{"error": ...}`."""
+    """Run one benchmark command; its JSON result plus `wall_seconds`, or `{"error": ...}`
+    (also when one of `metrics` is missing from it)."""
     command = template.format(
-        width=width, resolution=resolution, batch_size=batch_size, python=sys.executable
+        width=width,
+        resolution=resolution,
+        batch_size=batch_size,
+        python=sys.executable,
+        mode_args=mode_args,
     )
     argv = shlex.split(command) + shlex.split(extra)
     env = dict(os.environ)
@@ -156,12 +181,25 @@ def run_one(
         result = parse_json_output(proc.stdout)
     except ValueError as exc:
         return {"error": str(exc), "command": argv, "stdout_tail": proc.stdout[-500:]}
-    missing = [m for m in METRICS if not isinstance(result.get(m), (int, float))]
+    missing = [m for m in metrics if not isinstance(result.get(m), (int, float))]
     if missing:
         return {"error": f"missing {', '.join(missing)}", "command": argv, "result": result}
     result["wall_seconds"] = wall
     result["command"] = argv
     return result
+
+
+def merge_modes(train: dict[str, Any], infer: dict[str, Any]) -> dict[str, Any]:
+    """One result from a train-only and an infer-only run of the same side (`--modes split`):
+    the train run's fields (compile times included), the infer run's inference fields."""
+    if "error" in train or "error" in infer:
+        errors = [f"{mode}: {r['error']}" for mode, r in (("train", train), ("infer", infer)) if "error" in r]
+        return {"error": "; ".join(errors)}
+    merged = dict(train)
+    merged.update({k: v for k, v in infer.items() if k.startswith("infer_")})
+    merged["wall_seconds"] = train["wall_seconds"] + infer["wall_seconds"]
+    merged["command"] = [train["command"], infer["command"]]
+    return merged
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -249,6 +287,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="pairs of runs per setting, order alternating (default 1)"
     )
     p.add_argument(
+        "--modes",
+        default="split",
+        choices=MODES,
+        help="split (default): train and inference each in a fresh process, per side; "
+        "together: one process per side trains, then infers (custom --jax-cmd/--torch-cmd "
+        "must then print both metrics)",
+    )
+    p.add_argument(
         "--jax-cmd", default=None, help="our benchmark's command template (default: mnv2 bench ...)"
     )
     p.add_argument("--torch-cmd", default=None, help="the torch command template (default: torch_mnv2.py)")
@@ -291,37 +337,73 @@ def main(argv: list[str] | None = None) -> int:
     shared.update({allocator.ENV_VAR: "system"})
     envs = {side: {**shared, **parse_env(getattr(args, f"{side}_env"))} for side in ("jax", "torch")}
     log_alloc = allocator.describe({**os.environ, **shared})
+    if args.modes == "split":
+        for side in ("jax", "torch"):
+            if "{mode_args}" not in commands[side]:
+                raise SystemExit(
+                    f"--{side}-cmd: with --modes split the template must contain {{mode_args}} "
+                    "(or use --modes together)"
+                )
+    modes = ("train", "infer") if args.modes == "split" else ("together",)
+
+    def mode_args(side: str, mode: str) -> str:
+        return MODE_ARGS[side].get(mode, "")
+
     jobs = [(w, r, b) for (w, r) in args.settings for b in args.batch_sizes]
     if args.dry_run:
         for w, r, b in jobs:
-            for side in ("jax", "torch"):
-                fmt = commands[side].format(width=w, resolution=r, batch_size=b, python=sys.executable)
-                env = " ".join(f"{k}={shlex.quote(v)}" for k, v in envs[side].items())
-                print(" ".join(part for part in (f"{side}:", env, fmt, extras[side]) if part))
+            for mode in modes:
+                for side in ("jax", "torch"):
+                    fmt = commands[side].format(
+                        width=w,
+                        resolution=r,
+                        batch_size=b,
+                        python=sys.executable,
+                        mode_args=mode_args(side, mode),
+                    )
+                    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in envs[side].items())
+                    print(" ".join(part for part in (f"{side}:", env, fmt, extras[side]) if part))
         return 0
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     log(f"host allocator (both sides): {log_alloc}")
+    log(
+        f"modes: {args.modes} ({'train and inference in separate processes' if args.modes == 'split' else 'one process per side'})"
+    )
     rows = []
     for n, (width, resolution, batch_size) in enumerate(jobs, 1):
         runs: dict[str, list[dict[str, Any]]] = {"jax": [], "torch": []}
         for k in range(args.rounds):
             order = ("jax", "torch") if k % 2 == 0 else ("torch", "jax")
-            for side in order:
-                log(f"[{n}/{len(jobs)}] {width}/{resolution} batch {batch_size} round {k + 1}: {side} ...")
-                result = run_one(
-                    commands[side], width, resolution, batch_size, extras[side], args.timeout, envs[side]
-                )
-                runs[side].append(result)
-                if "error" in result:
-                    log(f"    {side} failed: {result['error']}")
-                else:
+            results: dict[str, dict[str, dict[str, Any]]] = {"jax": {}, "torch": {}}
+            for mode in modes:
+                metrics = METRICS if mode == "together" else (f"{mode}_images_per_sec",)
+                for side in order:
                     log(
-                        f"    {side}: train {result['train_images_per_sec']:.1f}, "
-                        f"infer {result['infer_images_per_sec']:.1f} images/s ({result['wall_seconds']:.0f} s)"
+                        f"[{n}/{len(jobs)}] {width}/{resolution} batch {batch_size} round {k + 1}: {side} {mode} ..."
                     )
+                    result = run_one(
+                        commands[side],
+                        width,
+                        resolution,
+                        batch_size,
+                        extras[side],
+                        args.timeout,
+                        envs[side],
+                        metrics=metrics,
+                        mode_args=mode_args(side, mode),
+                    )
+                    results[side][mode] = result
+                    if "error" in result:
+                        log(f"    {side} failed: {result['error']}")
+                    else:
+                        rates = ", ".join(f"{m.split('_')[0]} {result[m]:.1f}" for m in metrics)
+                        log(f"    {side}: {rates} images/s ({result['wall_seconds']:.0f} s)")
+            for side in order:
+                r = results[side]
+                runs[side].append(r["together"] if "together" in r else merge_modes(r["train"], r["infer"]))
         jax_result, torch_result = combine(runs["jax"]), combine(runs["torch"])
         row = {
             "width": width,
@@ -350,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             "extra_env": envs,
             "allocator": log_alloc,
             "rounds": args.rounds,
+            "modes": args.modes,
             "results": rows,
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

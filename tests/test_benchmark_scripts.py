@@ -62,6 +62,79 @@ def test_compare_combines_rounds_by_median_and_skips_failures():
     assert compare.ratio({"a": 3.0}, {"error": "x"}, "a") is None
 
 
+_FAKE_BENCH = """
+import json, sys
+args = sys.argv[1:]
+rate = float(args[0])
+out = {"compile_seconds": 1.0}
+if "--modes" in args or "--skip-train" in args or "--skip-infer" in args:
+    # one mode per process: say which, and measure only that
+    if args[-1] in ("train", "--skip-infer"):
+        out["train_images_per_sec"] = rate
+    else:
+        out["infer_images_per_sec"] = 10 * rate
+else:
+    out.update(train_images_per_sec=rate, infer_images_per_sec=10 * rate)
+print("log line")
+print(json.dumps(out))
+"""
+
+
+def test_compare_split_modes_runs_each_mode_in_its_own_process(tmp_path, capsys):
+    fake = tmp_path / "fake_bench.py"
+    fake.write_text(_FAKE_BENCH)
+    common = [
+        "--settings",
+        "1.0/96",
+        "--rounds",
+        "2",
+        "--allocator",
+        "system",
+        "--json",
+        str(tmp_path / "o.json"),
+    ]
+    jax_cmd = f"{{python}} {fake} 30"
+    torch_cmd = f"{{python}} {fake} 20"
+    # split (default) needs the templates to take {mode_args}
+    with pytest.raises(SystemExit, match="mode_args"):
+        compare.main(["--jax-cmd", jax_cmd, "--torch-cmd", torch_cmd, *common])
+    rc = compare.main(
+        [
+            "--jax-cmd",
+            jax_cmd + " {mode_args}",
+            "--torch-cmd",
+            torch_cmd + " {mode_args}",
+            "--torch-args",
+            "",
+            *common,
+        ]
+    )
+    assert rc == 0
+    payload = json.loads((tmp_path / "o.json").read_text())
+    assert payload["modes"] == "split"
+    (row,) = payload["results"]
+    assert row["ratio_train"] == pytest.approx(1.5)
+    assert row["ratio_infer"] == pytest.approx(1.5)
+    # two processes per side and round: the train run's and the infer run's commands
+    assert row["jax"]["command"][0][-2:] == ["--modes", "train"]
+    assert row["jax"]["command"][1][-2:] == ["--modes", "infer"]
+    assert row["torch"]["command"][1][-1] == "--skip-train"
+    assert len(row["jax"]["rounds"]) == 2
+    # together: one process per side measures both
+    rc = compare.main(["--jax-cmd", jax_cmd, "--torch-cmd", torch_cmd, "--modes", "together", *common])
+    assert rc == 0
+    (row,) = json.loads((tmp_path / "o.json").read_text())["results"]
+    assert row["ratio_infer"] == pytest.approx(1.5)
+    assert isinstance(row["jax"]["command"][0], str)
+    assert "1.50" in capsys.readouterr().out
+
+
+def test_compare_merges_a_failed_mode_into_an_error():
+    ok = {"train_images_per_sec": 1.0, "wall_seconds": 1.0, "command": ["a"]}
+    merged = compare.merge_modes(ok, {"error": "exit status 1"})
+    assert merged == {"error": "infer: exit status 1"}
+
+
 def _write_jsonl(path: Path, runs: dict[str, dict]) -> None:
     lines = [json.dumps({"run": name, **result}) for name, result in runs.items()]
     path.write_text("\n".join(lines) + "\nnot json\n")
