@@ -191,14 +191,19 @@ def run_one(
 
 def merge_modes(train: dict[str, Any], infer: dict[str, Any]) -> dict[str, Any]:
     """One result from a train-only and an infer-only run of the same side (`--modes split`):
-    the train run's fields (compile times included), the infer run's inference fields."""
-    if "error" in train or "error" in infer:
-        errors = [f"{mode}: {r['error']}" for mode, r in (("train", train), ("infer", infer)) if "error" in r]
-        return {"error": "; ".join(errors)}
-    merged = dict(train)
-    merged.update({k: v for k, v in infer.items() if k.startswith("infer_")})
-    merged["wall_seconds"] = train["wall_seconds"] + infer["wall_seconds"]
-    merged["command"] = [train["command"], infer["command"]]
+    the train run's fields (compile times included), the infer run's inference fields.
+    When one mode failed, the other's metrics stay and `mode_errors` says what failed."""
+    errors = {mode: r["error"] for mode, r in (("train", train), ("infer", infer)) if "error" in r}
+    if len(errors) == 2:
+        return {"error": "; ".join(f"{mode}: {e}" for mode, e in errors.items())}
+    merged = {} if "error" in train else dict(train)
+    if "error" not in infer:
+        merged.update({k: v for k, v in infer.items() if k.startswith("infer_")})
+    good = [r for r in (train, infer) if "error" not in r]
+    merged["wall_seconds"] = sum(r["wall_seconds"] for r in good)
+    merged["command"] = [r.get("command") for r in (train, infer)]
+    if errors:
+        merged["mode_errors"] = errors
     return merged
 
 
@@ -212,7 +217,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in good if isinstance(r.get(key), (int, float))]
         if values:
             combined[key] = statistics.median(values)
-    combined["rounds"] = [{k: r.get(k) for k in (*METRICS, "error")} for r in runs]
+    combined["rounds"] = [{k: r.get(k) for k in (*METRICS, "error", "mode_errors")} for r in runs]
     return combined
 
 
@@ -223,6 +228,17 @@ def ratio(jax_result: dict[str, Any], torch_result: dict[str, Any], key: str) ->
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def _errors(result: dict[str, Any]) -> list[str]:
+    """What failed in a combined result: the whole run, or single modes in some rounds."""
+    if "error" in result:
+        return [result["error"]]
+    return [
+        f"{mode}: {error}"
+        for r in result.get("rounds", [])
+        for mode, error in (r.get("mode_errors") or {}).items()
+    ]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -262,10 +278,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("images/s; 'x' = JAX / PyTorch (> 1: JAX faster).")
     errors = [
-        f"  {row['width']}/{row['resolution']} b{row['batch_size']} {side}: {row[side]['error']}"
+        f"  {row['width']}/{row['resolution']} b{row['batch_size']} {side}: {message}"
         for row in rows
         for side in ("jax", "torch")
-        if "error" in row[side]
+        for message in _errors(row[side])
     ]
     if errors:
         lines += ["errors:", *errors]
@@ -437,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         log(f"wrote {args.json}")
-    return 1 if any("error" in row[side] for row in rows for side in ("jax", "torch")) else 0
+    return 1 if any(_errors(row[side]) for row in rows for side in ("jax", "torch")) else 0
 
 
 if __name__ == "__main__":

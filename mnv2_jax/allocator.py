@@ -104,3 +104,58 @@ def maybe_reexec(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "mnv2_jax", *argv], env)
+
+
+# -- fitting a step into host memory --------------------------------------------
+#
+# XLA's CPU scheduler orders a step for concurrency, which keeps many
+# activations alive at once: the 1.0/224 batch-128 train step asks for 17.9 GiB
+# of temporaries, and under jemalloc (no decay) the process holds about one more
+# step's worth of heap once it has grown, so on the 23 GB test machine it was
+# killed by the kernel in 3 of 4 runs. XLA's memory-minimising scheduler halves
+# those temporaries (9.5 GiB there) for a slower compile (21 s instead of 12-13 s).
+# `export_cache.CachedFunction` recompiles with it when the step would not fit.
+LOW_MEMORY_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+# The heap a CPU step needs: its arguments and outputs plus this many times its
+# temporaries (jemalloc keeps a second step's worth; glibc returns it).
+HEAP_FACTOR = {"jemalloc": 2.0}
+FIT_FRACTION = 0.9  # of the memory available when the step is compiled
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def step_heap_bytes(compiled: object, environ: Mapping[str, str] | None = None) -> int | None:
+    """Host heap one CPU execution of `compiled` (a `jax.stages.Compiled`) needs
+    under this process's allocator; None when XLA gives no memory analysis."""
+    try:
+        analysis = compiled.memory_analysis()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 -- not every backend/version has it
+        return None
+    if analysis is None:
+        return None
+    factor = HEAP_FACTOR.get(describe(environ), 1.0)
+    return int(
+        analysis.argument_size_in_bytes + analysis.output_size_in_bytes + factor * analysis.temp_size_in_bytes
+    )
+
+
+def needs_low_memory(compiled: object, available: int | None = None) -> bool:
+    """Whether a CPU step compiled with XLA's default scheduler would not fit in
+    FIT_FRACTION of the host memory available (unknown: False)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return False
+    available = available_host_bytes() if available is None else available
+    need = step_heap_bytes(compiled)
+    return available is not None and need is not None and need > FIT_FRACTION * available

@@ -35,6 +35,8 @@ from typing import Any
 import jax
 from jax import export
 
+from mnv2_jax import allocator
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SUFFIX = ".jax_exported"
 # JAX settings that change what a trace produces.
@@ -138,6 +140,7 @@ class CachedFunction:
         self._entries: dict[Any, _Entry] = {}
         self._last: tuple[Any, _Entry] | None = None  # (input tree, its entry) of the last call
         self.last_source: str | None = None
+        self.low_memory = False  # whether a program was compiled with the memory-saving scheduler
 
     def __call__(self, *args: Any) -> Any:
         leaves, in_tree = jax.tree.flatten(args)
@@ -219,7 +222,7 @@ class CachedFunction:
             self._store(path, exported, out_tree)
             source = "exported"
         try:
-            compiled = jax.jit(exported.call, **jit_kwargs).lower(*leaves).compile()
+            compiled = self._compile(jax.jit(exported.call, **jit_kwargs).lower(*leaves))
         except Exception as e:  # noqa: BLE001 -- never fail a run on the cache: trace as usual
             self.log(f"{self.name}: cannot use {path.name} ({type(e).__name__}: {e}); compiling with jax.jit")
             return self._plain(leaves, in_tree, jit_kwargs, start)
@@ -229,10 +232,31 @@ class CachedFunction:
 
     def _plain(self, leaves: list, in_tree: Any, jit_kwargs: dict, start: float) -> _Entry:
         box: dict[str, Any] = {}
-        compiled = jax.jit(self._flat_fn(in_tree, box), **jit_kwargs).lower(*leaves).compile()
+        compiled = self._compile(jax.jit(self._flat_fn(in_tree, box), **jit_kwargs).lower(*leaves))
         self.log(f"{self.name} ready in {time.perf_counter() - start:.1f} s (jax.jit)")
         self.last_source = "jit"
         return _Entry(compiled, box["out_tree"], "jit")
+
+    def _compile(self, lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+        """Compile; on CPU, again with XLA's memory-minimising scheduler when the
+        step would not fit in host memory (`allocator.needs_low_memory`)."""
+        compiled = lowered.compile()
+        if allocator.needs_low_memory(compiled):
+            need = allocator.step_heap_bytes(compiled) or 0
+            self.log(
+                f"{self.name}: needs about {need / 2**30:.1f} GiB of host memory, more than "
+                f"{allocator.FIT_FRACTION:.0%} of the {(allocator.available_host_bytes() or 0) / 2**30:.1f} GiB "
+                "available; compiling it again with the memory-saving scheduler"
+            )
+            compiled = lowered.compile(compiler_options=allocator.LOW_MEMORY_COMPILER_OPTIONS)
+            self.low_memory = True
+            if allocator.needs_low_memory(compiled):
+                need = allocator.step_heap_bytes(compiled) or 0
+                self.log(
+                    f"{self.name}: WARNING: still needs about {need / 2**30:.1f} GiB; the process may be "
+                    "killed for memory (a smaller batch size fits)"
+                )
+        return compiled
 
     def _flat_fn(self, in_tree: Any, box: dict) -> Callable:
         def flat(*flat_args):

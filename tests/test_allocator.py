@@ -96,3 +96,15 @@ def test_main_called_from_python_never_replaces_the_process(monkeypatch, capsys)
     monkeypatch.setenv("MNV2_ALLOCATOR", "glibc-thp")
     with pytest.raises(SystemExit):
         cli.main(["bench", "--width", "0.35", "--resolution", "-1"])
+
+
+def test_the_heap_a_step_needs_counts_a_second_step_of_temporaries_under_jemalloc():
+    from types import SimpleNamespace
+
+    analysis = SimpleNamespace(argument_size_in_bytes=100, output_size_in_bytes=50, temp_size_in_bytes=1000)
+    compiled = SimpleNamespace(memory_analysis=lambda: analysis)
+    assert allocator.step_heap_bytes(compiled, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == 2150
+    assert allocator.step_heap_bytes(compiled, {}) == 1150
+    assert allocator.step_heap_bytes(SimpleNamespace(memory_analysis=lambda: None), {}) is None
+    assert allocator.needs_low_memory(compiled, available=10**9) is False
+    assert allocator.needs_low_memory(compiled, available=1000) is True

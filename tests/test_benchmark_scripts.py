@@ -129,10 +129,18 @@ def test_compare_split_modes_runs_each_mode_in_its_own_process(tmp_path, capsys)
     assert "1.50" in capsys.readouterr().out
 
 
-def test_compare_merges_a_failed_mode_into_an_error():
-    ok = {"train_images_per_sec": 1.0, "wall_seconds": 1.0, "command": ["a"]}
-    merged = compare.merge_modes(ok, {"error": "exit status 1"})
-    assert merged == {"error": "infer: exit status 1"}
+def test_compare_keeps_the_mode_that_worked_when_the_other_failed():
+    ok_train = {"train_images_per_sec": 1.0, "compile_seconds": 9.0, "wall_seconds": 1.0, "command": ["a"]}
+    ok_infer = {"infer_images_per_sec": 8.0, "wall_seconds": 2.0, "command": ["b"]}
+    merged = compare.merge_modes({"error": "exit status -9", "command": ["a"]}, ok_infer)
+    assert merged["infer_images_per_sec"] == 8.0 and "train_images_per_sec" not in merged
+    assert merged["mode_errors"] == {"train": "exit status -9"}
+    combined = compare.combine([merged])
+    assert combined["infer_images_per_sec"] == 8.0
+    assert compare._errors(combined) == ["train: exit status -9"]
+    assert compare.merge_modes(ok_train, ok_infer)["wall_seconds"] == 3.0
+    both = compare.merge_modes({"error": "x"}, {"error": "y"})
+    assert both == {"error": "train: x; infer: y"}
 
 
 def _write_jsonl(path: Path, runs: dict[str, dict]) -> None:

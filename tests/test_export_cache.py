@@ -167,3 +167,29 @@ def test_an_entry_that_does_not_fit_falls_back_to_jit(tmp_path):
     fn = export_cache.cached_jit(affine, name="affine", key={}, cache_dir=str(tmp_path), log=messages.append)
     np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [1.0, 3.0, 5.0])
     assert fn.last_source == "jit" and any("cannot use" in m for m in messages)
+
+
+def test_a_step_too_big_for_host_memory_is_compiled_with_the_memory_saving_scheduler(tmp_path, monkeypatch):
+    from mnv2_jax import allocator
+
+    seen = []
+    original = jax.stages.Lowered.compile
+
+    def spy(self, compiler_options=None, **kwargs):
+        seen.append(compiler_options)
+        return original(self, compiler_options=compiler_options, **kwargs)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", spy)
+    monkeypatch.setattr(allocator, "available_host_bytes", lambda: 1)  # nothing fits in 1 byte
+    messages = []
+    fn = export_cache.cached_jit(
+        lambda x: x * 3, name="big", key={}, cache_dir=str(tmp_path), log=messages.append
+    )
+    np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [0.0, 3.0, 6.0])
+    assert seen == [None, allocator.LOW_MEMORY_COMPILER_OPTIONS]
+    assert any("memory-saving scheduler" in m for m in messages)
+    assert any("may be killed for memory" in m for m in messages)  # 1 byte is still too little
+    seen.clear()
+    monkeypatch.setattr(allocator, "available_host_bytes", lambda: 2**40)
+    export_cache.cached_jit(lambda x: x * 3, name="big", key={}, cache_dir=str(tmp_path))(jnp.arange(3.0))
+    assert seen == [None]  # fits: compiled once, as usual
