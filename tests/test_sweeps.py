@@ -723,6 +723,7 @@ def test_next_job_from_a_fake_wandb(monkeypatch):
 # End to end with the real trainer (a few steps per run on the offline MNIST config)
 
 
+@pytest.mark.slow  # about a minute cold; the runner's logic is covered above with a fake trainer
 def test_real_sweep_skip_resume_and_failure(tmp_path):
     """`mnv2 sweep run`: a run stopped by SIGTERM resumes, complete runs are skipped, a failing run
     leaves the others finished and is listed with its log path."""
