@@ -113,8 +113,10 @@ def maybe_reexec(argv: list[str]) -> None:
 # of temporaries, and under jemalloc (no decay) the process holds about one more
 # step's worth of heap once it has grown, so on the 23 GB test machine it was
 # killed by the kernel in 3 of 4 runs. XLA's memory-minimising scheduler halves
-# those temporaries (9.5 GiB there) for a slower compile (21 s instead of 12-13 s).
-# `export_cache.CachedFunction` recompiles with it when the step would not fit.
+# those temporaries (9.5 GiB there) for a slower compile (21 s instead of 12-13 s)
+# and slower steps (20.1 images/s against 23-24 there, one run against earlier
+# ones), so `export_cache.CachedFunction` recompiles with it only when the step
+# would not fit.
 LOW_MEMORY_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
 # The heap a CPU step needs: its arguments and outputs plus this many times its
 # temporaries (jemalloc keeps a second step's worth; glibc returns it).
