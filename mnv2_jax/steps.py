@@ -20,7 +20,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from mnv2_jax import optim
 
@@ -118,11 +117,11 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if ema_decay:
-            # One flat vector for the average (weights and statistics together):
-            # fewer, larger fused ops compile faster than one update per array.
-            flat_ema, unravel = ravel_pytree((state.ema_params, state.ema_batch_stats))
-            flat_new, _ = ravel_pytree((params, batch_stats))
-            ema_params, ema_batch_stats = unravel(optim.ema_update(flat_ema, flat_new, state.step, ema_decay))
+            # Per array, like the optimizer (see `optim.create_optimizer`): arrays of
+            # one shape share a kernel, which raveled slices would not.
+            ema_params, ema_batch_stats = optim.ema_update(
+                (state.ema_params, state.ema_batch_stats), (params, batch_stats), state.step, ema_decay
+            )
         else:
             ema_params, ema_batch_stats = params, batch_stats
         top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
