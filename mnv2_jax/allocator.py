@@ -110,18 +110,32 @@ def maybe_reexec(argv: list[str]) -> None:
 #
 # XLA's CPU scheduler orders a step for concurrency, which keeps many
 # activations alive at once: the 1.0/224 batch-128 train step asks for 17.9 GiB
-# of temporaries, and under jemalloc (no decay) the process holds about one more
-# step's worth of heap once it has grown, so on the 23 GB test machine it was
-# killed by the kernel in 3 of 4 runs. XLA's memory-minimising scheduler halves
-# those temporaries (9.5 GiB there) for a slower compile (21 s instead of 12-13 s)
-# and slower steps (20.1 images/s against 23-24 there, one run against earlier
-# ones), so `export_cache.CachedFunction` recompiles with it only when the step
-# would not fit.
-LOW_MEMORY_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+# of temporaries. Under jemalloc (no decay) the process holds about one more
+# step's worth of heap once it has grown: a step's temporaries are allocated
+# before the previous step's are handed back, and jemalloc keeps both (peak RSS
+# 10.4-10.8 GiB against 5.9 GiB at 1.0/224 batch 32, in most runs; one
+# allocator arena did not prevent it). On the 23 GB test machine that kills
+# the batch-128 step.
+#
+# XLA's memory-minimising scheduler roughly halves the temporaries (4.48 ->
+# 2.43 GiB at 1.0/224 batch 32, 17.9 -> 9.7 GiB at batch 128). It is read only
+# from XLA_FLAGS when the process starts: passed to one compile as a compiler
+# option it is accepted and ignored (same temporaries, jaxlib 0.10.2). It is not
+# the default because it costs speed at the large sizes: 23.0 and 23.4 images/s
+# against 25.7 and 25.9 at 1.0/224 batch 32 (two alternating pairs of
+# processes), although 349-350 against 331-335 at 0.35/96 batch 32. So a CPU
+# step that will not fit gets a warning that names it (`export_cache`).
+LOW_MEMORY_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 # The heap a CPU step needs: its arguments and outputs plus this many times its
 # temporaries (jemalloc keeps a second step's worth; glibc returns it).
 HEAP_FACTOR = {"jemalloc": 2.0}
 FIT_FRACTION = 0.9  # of the memory available when the step is compiled
+
+
+def low_memory_scheduler(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether XLA_FLAGS selects XLA's memory-minimising CPU scheduler."""
+    environ = os.environ if environ is None else environ
+    return LOW_MEMORY_XLA_FLAG in environ.get("XLA_FLAGS", "").split()
 
 
 def available_host_bytes() -> int | None:
@@ -151,9 +165,9 @@ def step_heap_bytes(compiled: object, environ: Mapping[str, str] | None = None) 
     )
 
 
-def needs_low_memory(compiled: object, available: int | None = None) -> bool:
-    """Whether a CPU step compiled with XLA's default scheduler would not fit in
-    FIT_FRACTION of the host memory available (unknown: False)."""
+def too_big_for_host(compiled: object, available: int | None = None) -> bool:
+    """Whether a compiled CPU step needs more than FIT_FRACTION of the host
+    memory available (unknown: False)."""
     import jax
 
     if jax.default_backend() != "cpu":

@@ -140,7 +140,6 @@ class CachedFunction:
         self._entries: dict[Any, _Entry] = {}
         self._last: tuple[Any, _Entry] | None = None  # (input tree, its entry) of the last call
         self.last_source: str | None = None
-        self.low_memory = False  # whether a program was compiled with the memory-saving scheduler
 
     def __call__(self, *args: Any) -> Any:
         leaves, in_tree = jax.tree.flatten(args)
@@ -238,24 +237,22 @@ class CachedFunction:
         return _Entry(compiled, box["out_tree"], "jit")
 
     def _compile(self, lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-        """Compile; on CPU, again with XLA's memory-minimising scheduler when the
-        step would not fit in host memory (`allocator.needs_low_memory`)."""
+        """Compile; on CPU, warn when the step will not fit in host memory
+        (`allocator.too_big_for_host`) and say what would."""
         compiled = lowered.compile()
-        if allocator.needs_low_memory(compiled):
+        if allocator.too_big_for_host(compiled):
             need = allocator.step_heap_bytes(compiled) or 0
-            self.log(
-                f"{self.name}: needs about {need / 2**30:.1f} GiB of host memory, more than "
-                f"{allocator.FIT_FRACTION:.0%} of the {(allocator.available_host_bytes() or 0) / 2**30:.1f} GiB "
-                "available; compiling it again with the memory-saving scheduler"
+            remedy = (
+                "a smaller batch size"
+                if allocator.low_memory_scheduler()
+                else f"a smaller batch size, or XLA's memory-saving scheduler (about half the temporaries): "
+                f"XLA_FLAGS={allocator.LOW_MEMORY_XLA_FLAG}"
             )
-            compiled = lowered.compile(compiler_options=allocator.LOW_MEMORY_COMPILER_OPTIONS)
-            self.low_memory = True
-            if allocator.needs_low_memory(compiled):
-                need = allocator.step_heap_bytes(compiled) or 0
-                self.log(
-                    f"{self.name}: WARNING: still needs about {need / 2**30:.1f} GiB; the process may be "
-                    "killed for memory (a smaller batch size fits)"
-                )
+            self.log(
+                f"{self.name}: WARNING: needs about {need / 2**30:.1f} GiB of host memory, more than "
+                f"{allocator.FIT_FRACTION:.0%} of the {(allocator.available_host_bytes() or 0) / 2**30:.1f} GiB "
+                f"available; the process may be killed for memory. What fits: {remedy}"
+            )
         return compiled
 
     def _flat_fn(self, in_tree: Any, box: dict) -> Callable:

@@ -106,5 +106,5 @@ def test_the_heap_a_step_needs_counts_a_second_step_of_temporaries_under_jemallo
     assert allocator.step_heap_bytes(compiled, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == 2150
     assert allocator.step_heap_bytes(compiled, {}) == 1150
     assert allocator.step_heap_bytes(SimpleNamespace(memory_analysis=lambda: None), {}) is None
-    assert allocator.needs_low_memory(compiled, available=10**9) is False
-    assert allocator.needs_low_memory(compiled, available=1000) is True
+    assert allocator.too_big_for_host(compiled, available=10**9) is False
+    assert allocator.too_big_for_host(compiled, available=1000) is True

@@ -171,27 +171,42 @@ def test_an_entry_that_does_not_fit_falls_back_to_jit(tmp_path):
     assert fn.last_source == "jit" and any("cannot use" in m for m in messages)
 
 
-def test_a_step_too_big_for_host_memory_is_compiled_with_the_memory_saving_scheduler(tmp_path, monkeypatch):
+def test_a_step_too_big_for_host_memory_warns_and_names_what_fits(tmp_path, monkeypatch):
     from mnv2_jax import allocator
 
-    seen = []
+    compiles = []
     original = jax.stages.Lowered.compile
 
-    def spy(self, compiler_options=None, **kwargs):
-        seen.append(compiler_options)
-        return original(self, compiler_options=compiler_options, **kwargs)
+    def spy(self, *args, **kwargs):
+        compiles.append(kwargs.get("compiler_options"))
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(jax.stages.Lowered, "compile", spy)
     monkeypatch.setattr(allocator, "available_host_bytes", lambda: 1)  # nothing fits in 1 byte
+    monkeypatch.setenv("XLA_FLAGS", "")
     messages = []
     fn = export_cache.cached_jit(
         lambda x: x * 3, name="big", key={}, cache_dir=str(tmp_path), log=messages.append
     )
     np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [0.0, 3.0, 6.0])
-    assert seen == [None, allocator.LOW_MEMORY_COMPILER_OPTIONS]
-    assert any("memory-saving scheduler" in m for m in messages)
-    assert any("may be killed for memory" in m for m in messages)  # 1 byte is still too little
-    seen.clear()
+    assert compiles == [None]  # compiled once: the scheduler cannot be changed per compile
+    (warning,) = [m for m in messages if "may be killed for memory" in m]
+    assert "smaller batch size" in warning and allocator.LOW_MEMORY_XLA_FLAG in warning
+    # With the memory-saving scheduler already selected, only the batch size is left to suggest.
+    monkeypatch.setenv("XLA_FLAGS", allocator.LOW_MEMORY_XLA_FLAG)
+    assert allocator.low_memory_scheduler()
+    messages.clear()
+    big = export_cache.cached_jit(
+        lambda x: x * 4, name="big", key={}, cache_dir=str(tmp_path), log=messages.append
+    )
+    big(jnp.arange(3.0))
+    (warning,) = [m for m in messages if "may be killed for memory" in m]
+    assert allocator.LOW_MEMORY_XLA_FLAG not in warning
+    # A step that fits says nothing.
     monkeypatch.setattr(allocator, "available_host_bytes", lambda: 2**40)
-    export_cache.cached_jit(lambda x: x * 3, name="big", key={}, cache_dir=str(tmp_path))(jnp.arange(3.0))
-    assert seen == [None]  # fits: compiled once, as usual
+    messages.clear()
+    fits = export_cache.cached_jit(
+        lambda x: x * 5, name="big", key={}, cache_dir=str(tmp_path), log=messages.append
+    )
+    fits(jnp.arange(3.0))
+    assert not [m for m in messages if "WARNING" in m]
