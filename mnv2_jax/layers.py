@@ -141,19 +141,76 @@ def _depthwise_input_grad(g, kernel, size, pad_low, padded, stride, dilation):
     return dx
 
 
+# The depthwise kernel gradient runs over the batch in chunks of at least this
+# many bytes of output gradient (see `kernel_grad_chunk`).
+KERNEL_GRAD_CHUNK_BYTES = 700_000
+
+
+def kernel_grad_chunk(
+    g_shape: tuple[int, ...],
+    itemsize: int = 4,
+    backend: str | None = None,
+    device_count: int | None = None,
+) -> int:
+    """Images per chunk of the depthwise kernel gradient for an output gradient of
+    `g_shape`: on a single CPU device the smallest divisor of the batch whose chunk
+    holds KERNEL_GRAD_CHUNK_BYTES; elsewhere (GPU, TPU, several devices, where the
+    batch is sharded) the whole batch."""
+    backend = backend or jax.default_backend()
+    device_count = jax.device_count() if device_count is None else device_count
+    batch = g_shape[0]
+    if backend != "cpu" or device_count != 1:
+        return batch
+    per_image = math.prod(g_shape[1:]) * itemsize
+    reaching = [d for d in range(1, batch + 1) if batch % d == 0 and d * per_image >= KERNEL_GRAD_CHUNK_BYTES]
+    return min(reaching, default=batch)
+
+
+def _taps_kernel_grad(x, g, kernel_shape, stride, dilation):
+    return jnp.stack(
+        [
+            jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32)
+            for _, _, tap in _same_taps(x, kernel_shape, stride, dilation)
+        ]
+    )
+
+
+def depthwise_kernel_grad(
+    x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], stride: int, dilation: int, chunk: int
+) -> jax.Array:
+    """The depthwise kernel gradient, (kh, kw, 1, C) in float32: per tap, the sum
+    over the batch and the pixels of the tap's view of `x` times `g`, summed over
+    the batch `chunk` images at a time (`chunk` divides the batch).
+
+    XLA materialises each tap's view and reduces it on its own, so over the whole
+    batch at once `g` is read from memory kh*kw times and the scheduler keeps the
+    kh*kw views alive together. A chunk stays in cache. On the 2-core test
+    machine the kernel gradient alone at batch 128 took 296 -> 159 ms
+    (56x56x144, chunks of 1 image), 65 -> 39 ms (14x14x576, 2), 34 -> 15 ms
+    (7x7x960, 4). In the whole train step the time moved within noise (1.0/224
+    batch 32: median ratio of 20 alternating steps 1.02), but XLA's
+    temporaries fell by about half: 4.48 -> 2.46 GiB at 1.0/224 batch 32,
+    17.9 -> 9.8 GiB at batch 128, 9.13 -> 5.01 GiB at 1.0/160 batch 128,
+    1.41 -> 0.84 GiB at 0.35/96 batch 128.
+    """
+    batch = x.shape[0]
+    if chunk >= batch:
+        dk = _taps_kernel_grad(x, g, kernel_shape, stride, dilation)
+    else:
+        xs = x.reshape(batch // chunk, chunk, *x.shape[1:])
+        gs = g.reshape(batch // chunk, chunk, *g.shape[1:])
+        per_chunk = jax.lax.map(lambda xg: _taps_kernel_grad(*xg, kernel_shape, stride, dilation), (xs, gs))
+        dk = jnp.sum(per_chunk, axis=0)
+    return dk.reshape(kernel_shape)
+
+
 def _shifted_bwd(stride, dilation, residuals, g):
     x, kernel = residuals
     (pt, pb), (pl, pr) = _pads(x.shape, kernel.shape, stride, dilation)
-    n, h, w, c = x.shape
-    kh, kw = kernel.shape[:2]
+    _, h, w, _ = x.shape
     hp, wp = h + pt + pb, w + pl + pr
-    # Weight gradient: one reduction per tap, accumulated in float32.
-    dkernel = jnp.stack(
-        [
-            jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32)
-            for _, _, tap in _same_taps(x, kernel.shape, stride, dilation)
-        ]
-    ).reshape(kh, kw, 1, c)
+    chunk = kernel_grad_chunk(g.shape, g.dtype.itemsize)
+    dkernel = depthwise_kernel_grad(x, g, kernel.shape, stride, dilation, chunk)
     dx = _depthwise_input_grad(g, kernel, (h, w), (pt, pl), (hp, wp), stride, dilation)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 

@@ -104,6 +104,36 @@ def test_depthwise_shifted_matches_grouped_conv(h, w, stride, dilation, k):
         assert dx.dtype == x.dtype and dk.dtype == kernel.dtype and dk.shape == kernel.shape
 
 
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+def test_depthwise_kernel_grad_in_chunks_matches_whole_batch(stride, dilation):
+    # The chunked sum over the batch (the CPU path on one device) against the
+    # reference conv's kernel gradient, for chunks of 1, 2 and 3 of 6 images.
+    x, kernel = _rand(10, (6, 9, 8, 5)), _rand(11, (3, 3, 1, 5))
+    g = _rand(12, (6, -(-9 // stride), -(-8 // stride), 5))
+    _, vjp = jax.vjp(lambda k: _reference_depthwise(x, k, stride, dilation), kernel)
+    (expected,) = vjp(g)
+    grad = jax.jit(layers.depthwise_kernel_grad, static_argnums=(2, 3, 4, 5))
+    for chunk in (6, 1, 2, 3):
+        dk = grad(x, g, kernel.shape, stride, dilation, chunk)
+        assert dk.dtype == jnp.float32
+        _assert_close(dk, expected)
+
+
+def test_kernel_grad_chunk_splits_only_on_one_cpu_device():
+    # 56x56x144 float32 is 1.7 MiB per image: one image per chunk.
+    assert layers.kernel_grad_chunk((128, 56, 56, 144), 4, "cpu", 1) == 1
+    # 7x7x960 is 0.18 MiB: the smallest divisor reaching KERNEL_GRAD_CHUNK_BYTES.
+    per_image = 7 * 7 * 960 * 4
+    expected = min(
+        d for d in range(1, 129) if 128 % d == 0 and d * per_image >= layers.KERNEL_GRAD_CHUNK_BYTES
+    )
+    assert layers.kernel_grad_chunk((128, 7, 7, 960), 4, "cpu", 1) == expected == 4
+    assert layers.kernel_grad_chunk((128, 7, 7, 960), 2, "cpu", 1) == 8  # bfloat16: half the bytes
+    assert layers.kernel_grad_chunk((6, 4, 4, 8), 4, "cpu", 1) == 6  # small: the whole batch
+    assert layers.kernel_grad_chunk((128, 56, 56, 144), 4, "gpu", 1) == 128
+    assert layers.kernel_grad_chunk((128, 56, 56, 144), 4, "cpu", 8) == 128
+
+
 def test_depthwise_shifted_under_jit_grad():
     # The custom VJP composes with jax.grad of a scalar loss under jit.
     x, kernel = _rand(3, (1, 6, 6, 4)), _rand(4, (3, 3, 1, 4))
