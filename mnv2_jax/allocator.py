@@ -108,34 +108,23 @@ def maybe_reexec(argv: list[str]) -> None:
 
 # -- fitting a step into host memory --------------------------------------------
 #
-# XLA's CPU scheduler orders a step for concurrency, which keeps many
-# activations alive at once: the 1.0/224 batch-128 train step asks for 17.9 GiB
-# of temporaries. Under jemalloc (no decay) the process holds about one more
-# step's worth of heap once it has grown: a step's temporaries are allocated
-# before the previous step's are handed back, and jemalloc keeps both (peak RSS
-# 10.4-10.8 GiB against 5.9 GiB at 1.0/224 batch 32, in most runs; one
-# allocator arena did not prevent it). On the 23 GB test machine that kills
-# the batch-128 step.
+# Under jemalloc (no decay) the process holds about one more step's worth of
+# heap once it has grown: a step's temporaries are allocated before the previous
+# step's are handed back, and jemalloc keeps both (peak RSS 10.4-10.8 GiB
+# against 5.9 GiB at 1.0/224 batch 32 in most runs, when that step needed 4.48
+# GiB of temporaries; one allocator arena did not prevent it). So a CPU step
+# that will not fit gets a warning naming a smaller batch (`export_cache`).
 #
-# XLA's memory-minimising scheduler roughly halves the temporaries (4.48 ->
-# 2.43 GiB at 1.0/224 batch 32, 17.9 -> 9.7 GiB at batch 128). It is read only
-# from XLA_FLAGS when the process starts: passed to one compile as a compiler
-# option it is accepted and ignored (same temporaries, jaxlib 0.10.2). It is not
-# the default because it costs speed at the large sizes: 23.0 and 23.4 images/s
-# against 25.7 and 25.9 at 1.0/224 batch 32 (two alternating pairs of
-# processes), although 349-350 against 331-335 at 0.35/96 batch 32. So a CPU
-# step that will not fit gets a warning that names it (`export_cache`).
-LOW_MEMORY_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+# XLA's memory-minimising scheduler (XLA_FLAGS=
+# --xla_cpu_enable_concurrency_optimized_scheduler=false, read only at process
+# start) used to halve the temporaries; since the depthwise kernel gradient runs
+# in chunks (`layers.depthwise_kernel_grad`) it saves about 1% (2.46 -> 2.43 GiB
+# at 1.0/224 batch 32, 9.78 -> 9.70 GiB at batch 128), so it is not suggested.
+#
 # The heap a CPU step needs: its arguments and outputs plus this many times its
 # temporaries (jemalloc keeps a second step's worth; glibc returns it).
 HEAP_FACTOR = {"jemalloc": 2.0}
 FIT_FRACTION = 0.9  # of the memory available when the step is compiled
-
-
-def low_memory_scheduler(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether XLA_FLAGS selects XLA's memory-minimising CPU scheduler."""
-    environ = os.environ if environ is None else environ
-    return LOW_MEMORY_XLA_FLAG in environ.get("XLA_FLAGS", "").split()
 
 
 def available_host_bytes() -> int | None:

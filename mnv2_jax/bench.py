@@ -158,7 +158,6 @@ def benchmark(
             ),
             (state, batch),
         )
-        result["low_memory_scheduler"] = allocator.low_memory_scheduler()
         log(
             f"train step compiled in {result['compile_seconds']:.1f} s cold, "
             f"{result['compile_seconds_cached']:.1f} s from the caches (exported step, XLA executable)"

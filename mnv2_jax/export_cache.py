@@ -242,16 +242,10 @@ class CachedFunction:
         compiled = lowered.compile()
         if allocator.too_big_for_host(compiled):
             need = allocator.step_heap_bytes(compiled) or 0
-            remedy = (
-                "a smaller batch size"
-                if allocator.low_memory_scheduler()
-                else f"a smaller batch size, or XLA's memory-saving scheduler (about half the temporaries): "
-                f"XLA_FLAGS={allocator.LOW_MEMORY_XLA_FLAG}"
-            )
             self.log(
                 f"{self.name}: WARNING: needs about {need / 2**30:.1f} GiB of host memory, more than "
                 f"{allocator.FIT_FRACTION:.0%} of the {(allocator.available_host_bytes() or 0) / 2**30:.1f} GiB "
-                f"available; the process may be killed for memory. What fits: {remedy}"
+                f"available; the process may be killed for memory. A smaller batch size fits."
             )
         return compiled
 
