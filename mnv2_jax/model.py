@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mnv2_jax import layers
+from mnv2_jax.batch_norm import BatchNorm
 from mnv2_jax.spec import Architecture, BlockSpec, build_architecture
 
 Dtype = Any
@@ -85,15 +86,17 @@ class ConvBN(nn.Module):
             self.pointwise_impl,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            axis_name=self.bn_axis_name,
-            axis_index_groups=self.bn_axis_index_groups,
-            name="bn",
-        )(x)
+        bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon)
+        if self.bn_axis_name is None:
+            x = BatchNorm(**bn, dtype=self.dtype, name="bn")(x)
+        else:  # statistics across named devices: Flax's module (see `mnv2_jax.batch_norm`)
+            x = nn.BatchNorm(
+                **bn,
+                dtype=self.dtype,
+                axis_name=self.bn_axis_name,
+                axis_index_groups=self.bn_axis_index_groups,
+                name="bn",
+            )(x)
         return layers.relu6(x) if self.relu6 else x
 
 
