@@ -195,13 +195,19 @@ def depthwise_kernel_grad(
     """
     batch = x.shape[0]
     if chunk >= batch:
-        dk = _taps_kernel_grad(x, g, kernel_shape, stride, dilation)
-    else:
-        xs = x.reshape(batch // chunk, chunk, *x.shape[1:])
-        gs = g.reshape(batch // chunk, chunk, *g.shape[1:])
-        per_chunk = jax.lax.map(lambda xg: _taps_kernel_grad(*xg, kernel_shape, stride, dilation), (xs, gs))
-        dk = jnp.sum(per_chunk, axis=0)
-    return dk.reshape(kernel_shape)
+        return _taps_kernel_grad(x, g, kernel_shape, stride, dilation).reshape(kernel_shape)
+
+    # A loop over slices of x and g, not `lax.map` over (batch // chunk, chunk, ...)
+    # reshapes: XLA copied each reshaped operand (a full-size copy at chunks of 1);
+    # the train step at 1.0/224 batch 32 ran 5% faster without the copies (median
+    # ratio of 20 alternating steps 1.052, quartiles 1.03-1.17).
+    def add_chunk(i, dk):
+        xc = lax.dynamic_slice_in_dim(x, i * chunk, chunk)
+        gc = lax.dynamic_slice_in_dim(g, i * chunk, chunk)
+        return dk + _taps_kernel_grad(xc, gc, kernel_shape, stride, dilation)
+
+    dk = jnp.zeros((kernel_shape[0] * kernel_shape[1], x.shape[-1]), jnp.float32)
+    return lax.fori_loop(0, batch // chunk, add_chunk, dk).reshape(kernel_shape)
 
 
 def _shifted_bwd(stride, dilation, residuals, g):
