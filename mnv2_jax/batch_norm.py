@@ -54,8 +54,7 @@ def batch_norm_train(
     x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode batch norm over all but the last axis: (y in float32, batch mean, batch var)."""
-    mean, var = _moments(x)
-    return _normalize(x, mean, var, scale, bias, epsilon), mean, var
+    return _train_fwd(x, scale, bias, epsilon)[0]
 
 
 def _train_fwd(x, scale, bias, epsilon):
