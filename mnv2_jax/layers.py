@@ -219,7 +219,9 @@ def depthwise_kernel_grad(
             window = lax.dynamic_slice(xpad, (0, (t // kw) * dilation, (t % kw) * dilation, 0), span)
             tap = lax.slice(window, (0, 0, 0, 0), span, (1, stride, stride, 1))
             row = jnp.sum(tap * gc, axis=(0, 1, 2), dtype=jnp.float32)
-            return lax.dynamic_update_index_in_dim(dk, lax.dynamic_index_in_dim(dk, t, keepdims=False) + row, t, 0)
+            return lax.dynamic_update_index_in_dim(
+                dk, lax.dynamic_index_in_dim(dk, t, keepdims=False) + row, t, 0
+            )
 
         return lax.fori_loop(0, kh * kw, add_tap, dk)
 
