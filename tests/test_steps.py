@@ -226,3 +226,20 @@ def test_infer_chunk_splits_only_big_batches_on_one_cpu_device():
     assert steps.infer_chunk(7, (224, 224), 1.0, "cpu", 1) == 7  # a prime batch runs whole
     assert steps.infer_chunk(32, (224, 224), 1.0, "gpu", 1) == 32
     assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 8) == 32
+
+
+def test_global_norm_equals_optax_tree_norm():
+    rng = np.random.default_rng(0)
+    tree = {
+        "conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.float32)},
+        "bn": [
+            jnp.asarray(rng.standard_normal(8), jnp.float32),
+            jnp.asarray(rng.standard_normal(5), jnp.bfloat16),
+        ],
+    }
+    f32 = {k: v for k, v in tree.items() if k == "conv"}
+    np.testing.assert_allclose(steps.global_norm(f32), optax.tree.norm(f32), rtol=1e-6)
+    # bfloat16 leaves are squared in float32 (optax squares them in bfloat16).
+    exact = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+    np.testing.assert_allclose(steps.global_norm(tree), exact, rtol=1e-6)
+    assert not np.isfinite(steps.global_norm({**tree, "nan": jnp.array([np.nan])}))
