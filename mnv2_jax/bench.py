@@ -144,7 +144,10 @@ def benchmark(
     if "train" in modes:
         opt = optim.resolve_optim(config)
         tx = optim.create_optimizer(config, steps_per_epoch=1000)
-        state = jax.jit(lambda: steps_lib.create_train_state(model, tx, resolution, 0))()
+        state = jax.jit(
+            lambda: steps_lib.create_train_state(model, tx, resolution, 0),
+            compiler_options=steps_lib.init_compiler_options(),
+        )()
         step_fn = steps_lib.make_train_step(
             model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"]
         )

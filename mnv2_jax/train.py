@@ -274,7 +274,9 @@ def train_and_evaluate(
     tx = optim.create_optimizer(config, steps_per_epoch)
     opt = optim.resolve_optim(config)
     state = jax.jit(
-        lambda: steps.create_train_state(model, tx, config.resolution, config.seed), out_shardings=replicated
+        lambda: steps.create_train_state(model, tx, config.resolution, config.seed),
+        out_shardings=replicated,
+        compiler_options=steps.init_compiler_options(),
     )()
 
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

@@ -243,3 +243,14 @@ def test_global_norm_equals_optax_tree_norm():
     exact = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
     np.testing.assert_allclose(steps.global_norm(tree), exact, rtol=1e-6)
     assert not np.isfinite(steps.global_norm({**tree, "nan": jnp.array([np.nan])}))
+
+
+def test_initial_state_compiled_with_init_options_is_bit_identical(setup):
+    assert steps.init_compiler_options("cpu") and steps.init_compiler_options("gpu") == {}
+    model, tx = setup["model"], setup["tx"]
+    fast = jax.jit(
+        lambda: steps.create_train_state(model, tx, RES, seed=0),
+        compiler_options=steps.init_compiler_options(),
+    )()
+    for a, b in zip(leaves(setup["state"]), leaves(fast), strict=True):
+        np.testing.assert_array_equal(a, b)
