@@ -113,7 +113,7 @@ def maybe_reexec(argv: list[str]) -> None:
 # step's are handed back, and jemalloc keeps both (peak RSS 10.4-10.8 GiB
 # against 5.9 GiB at 1.0/224 batch 32 in most runs, when that step needed 4.48
 # GiB of temporaries; one allocator arena did not prevent it). So a CPU step
-# that will not fit gets a warning naming a smaller batch (`export_cache`).
+# that will not fit gets a warning naming a smaller batch (`step_cache`).
 #
 # XLA's memory-minimising scheduler (XLA_FLAGS=
 # --xla_cpu_enable_concurrency_optimized_scheduler=false, read only at process

@@ -6,8 +6,8 @@ batch-norm statistics update and the weight average. Inference is the eval
 forward pass (running statistics), `steps.predict`: a big batch in chunks
 on one CPU device (`steps.infer_chunk`). Images/s is the median over repeats after
 a warm-up. Compile seconds: cold is trace, lower and compile into empty caches;
-cached is what a second process pays with warm caches (`mnv2_jax.export_cache`
-loads the exported step instead of tracing it, XLA loads the executable).
+cached is what a second process pays with warm caches (`mnv2_jax.step_cache`
+loads the compiled step instead of tracing and compiling it).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def _steps_for(seconds_per_step: float, target_seconds: float = 2.0) -> int:
 def _compile_twice(make: Callable[[str], object], args: tuple) -> tuple[float, float, object]:
     """Cold compile (into fresh caches), then again after dropping every in-memory
     cache: the second is what a new process with warm caches pays, as `mnv2 train`
-    does it (the exported step loaded instead of traced, the executable loaded from
-    XLA's persistent cache). `make(dir)` builds the `export_cache.CachedFunction`."""
+    does it (the compiled step loaded from disk instead of traced and compiled).
+    `make(dir)` builds the `step_cache.CachedFunction`."""
     import os
     import tempfile
 
@@ -56,19 +56,19 @@ def _compile_twice(make: Callable[[str], object], args: tuple) -> tuple[float, f
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
         compilation_cache.reset_cache()
-        exported = os.path.join(cache, "mnv2_exported")
+        steps_dir = os.path.join(cache, "mnv2_steps")
         try:
             start = time.perf_counter()
-            make(exported).compile(*args)
+            make(steps_dir).compile(*args)
             cold = time.perf_counter() - start
             jax.clear_caches()
             compilation_cache.reset_cache()
             start = time.perf_counter()
-            fn = make(exported)
+            fn = make(steps_dir)
             source = fn.compile(*args)
             cached = time.perf_counter() - start
             if source != "disk":
-                raise RuntimeError(f"the second compile did not load the exported step (got {source!r})")
+                raise RuntimeError(f"the second compile did not load the compiled step (got {source!r})")
         finally:
             jax.config.update("jax_compilation_cache_dir", previous)
             compilation_cache.reset_cache()
@@ -104,7 +104,7 @@ def benchmark(
     import jax
     import jax.numpy as jnp
 
-    from mnv2_jax import allocator, export_cache, optim
+    from mnv2_jax import allocator, optim, step_cache
     from mnv2_jax import config as config_lib
     from mnv2_jax import steps as steps_lib
 
@@ -152,7 +152,7 @@ def benchmark(
             model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"]
         )
         result["compile_seconds"], result["compile_seconds_cached"], compiled = _compile_twice(
-            lambda directory: export_cache.cached_jit(
+            lambda directory: step_cache.cached_jit(
                 step_fn,
                 name="train_step",
                 key=dict(config=config.to_json()),
@@ -163,7 +163,7 @@ def benchmark(
         )
         log(
             f"train step compiled in {result['compile_seconds']:.1f} s cold, "
-            f"{result['compile_seconds_cached']:.1f} s from the caches (exported step, XLA executable)"
+            f"{result['compile_seconds_cached']:.1f} s loaded from the step cache"
         )
         holder = {"state": state}
 

@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnv2_jax import accounting, checkpointing, data, export_cache, metrics, optim, steps
+from mnv2_jax import accounting, checkpointing, data, metrics, optim, step_cache, steps
 from mnv2_jax import config as config_lib
 
 COMPLETE_KEY = "complete"
@@ -150,19 +150,28 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return max(1, math.ceil(config.total_epochs * steps_per_epoch))
 
 
-# Config keys that neither the model nor the optimizer reads: runs that differ only in these share
-# their exported steps (`mnv2_jax.export_cache`), so a seed sweep traces its train step once.
+# Config keys that the compiled steps do not read: runs that differ only in these share their
+# compiled steps (`mnv2_jax.step_cache`), so a seed or learning-rate sweep compiles its train step
+# once. The data's keys reach the steps only as shapes (in the cache key anyway); the peak learning
+# rate and the weight decay only as initial values of the optimizer state (`optim.set_hyperparams`).
+# `tests/test_train.py` checks that changing all of them leaves the lowered steps unchanged.
 _NOT_READ_BY_STEPS = (
     "seed", "wandb", "progress", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "keep_checkpoints", "init_from", "data_dir", "download", "cache", "shuffle_buffer", "augment", "eval_crop",
+    "dataset", "train_split", "eval_split", "num_train_examples", "num_eval_examples", "eval_batch_size",
+    "total_epochs", "total_steps", "optim.lr", "optim.lr_reference_batch", "optim.weight_decay",
 )  # fmt: skip
 
 
 def step_cache_key(config: ml_collections.ConfigDict, **extra: Any) -> dict:
     """What the compiled steps depend on: the config (less `_NOT_READ_BY_STEPS`) and `extra`."""
     values = json.loads(config.to_json())
-    for key in _NOT_READ_BY_STEPS:
-        values.pop(key, None)
+    for dotted in _NOT_READ_BY_STEPS:
+        *parents, name = dotted.split(".")
+        node = values
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(name, None)
     return {"config": values, **extra}
 
 
@@ -225,7 +234,7 @@ def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
 
 
 def _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log=None):
-    return export_cache.cached_jit(
+    return step_cache.cached_jit(
         steps.make_eval_step(model),
         name="eval_step",
         key=step_cache_key(config, num_classes=num_classes),
@@ -307,9 +316,9 @@ def train_and_evaluate(
     writer = metrics.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
     progress = metrics.Progress(n_steps, enabled=is_main and config.progress)
 
-    # Jitted, with the traced program kept beside the compilation cache: a rerun skips tracing.
+    # Jitted, with the executable kept beside the compilation cache: a rerun neither traces nor compiles.
     log = print if is_main and config.progress else None
-    train_step = export_cache.cached_jit(
+    train_step = step_cache.cached_jit(
         steps.make_train_step(
             model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"], bn_groups=groups
         ),

@@ -317,6 +317,52 @@ def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert int(restore_state(workdir).step) == 3
 
 
+# A value for every key of `train._NOT_READ_BY_STEPS` (or one inside it), each unlike `make_config`'s.
+NOT_READ_ALTERNATES = {
+    "seed": 7, "wandb.mode": "disabled", "progress": False, "log_every_steps": 3, "eval_every_steps": 7,
+    "checkpoint_every_steps": 5, "keep_checkpoints": 1, "init_from": "/elsewhere", "data_dir": "/elsewhere",
+    "download": True, "cache": False, "shuffle_buffer": 10, "augment.flip": False, "eval_crop": 1.0,
+    "dataset": "mnist", "train_split": "train[:50%]", "eval_split": "train[50%:]", "num_train_examples": 1000,
+    "num_eval_examples": 100, "eval_batch_size": 16, "total_epochs": 3.0, "total_steps": 40,
+    "optim.lr": 0.5, "optim.lr_reference_batch": 64, "optim.weight_decay": 0.1,
+}  # fmt: skip
+
+
+def test_keys_left_out_of_the_step_cache_key_do_not_change_the_steps(data_dir):
+    """Runs whose configs differ only in `_NOT_READ_BY_STEPS` load each other's compiled steps
+    (`mnv2_jax.step_cache`), so those keys must not change the traced programs."""
+    listed = set(train._NOT_READ_BY_STEPS)  # 'augment' and 'wandb' stand for their whole sub-dicts
+    assert {k if k in listed else k.split(".")[0] for k in NOT_READ_ALTERNATES} == listed
+    base = make_config(data_dir)
+    other = config_lib.apply_overrides(make_config(data_dir), NOT_READ_ALTERNATES)
+    assert train.step_cache_key(base, num_classes=10) == train.step_cache_key(other, num_classes=10)
+    changed = config_lib.apply_overrides(make_config(data_dir), {"optim.momentum": 0.5})
+    assert train.step_cache_key(changed, num_classes=10) != train.step_cache_key(base, num_classes=10)
+
+    def lowered(config):
+        model = config_lib.model_from_config(config, 10)
+        tx = optim.create_optimizer(config, steps_per_epoch=140)  # `extra` in the key: the same here
+        opt = optim.resolve_optim(config)
+        step = steps.make_train_step(
+            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"],
+            bn_groups=train.bn_groups(config),
+        )  # fmt: skip
+        state = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+        batch = {
+            "image": jax.ShapeDtypeStruct(
+                (config.batch_size, config.resolution, config.resolution, 3), np.float32
+            ),
+            "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32),
+        }
+        variables = steps.eval_variables(state, ema=True)
+        return (
+            jax.jit(step).lower(state, batch).as_text(),
+            jax.jit(steps.make_eval_step(model)).lower(variables, batch).as_text(),
+        )
+
+    assert lowered(base) == lowered(other)
+
+
 def test_eval_counts_every_example_once(base_run):
     workdir, summary = base_run
     result = train.evaluate_workdir(workdir)
