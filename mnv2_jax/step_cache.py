@@ -24,10 +24,12 @@ flags (an executable built for one CPU may not run on another), `XLA_FLAGS`
 and `LIBTPU_INIT_ARGS`, the JAX settings that change tracing, and the
 arguments' tree structure, shapes, dtypes, shardings and donation. Editing any
 of them makes a new entry, so keys that do not change the program must be
-left out of the caller's key (`train._NOT_READ_BY_STEPS`). `MNV2_STEP_CACHE=0`
-turns the cache off (plain `jax.jit` with XLA's cache); so does having no
-persistent compilation cache, and so does running on several hosts (there
-every process compiles, and XLA's cache serves the next run).
+left out of the caller's key (`train._NOT_READ_BY_STEPS`).
+
+`MNV2_STEP_CACHE=0` turns the cache off (plain `jax.jit` with XLA's cache);
+so does having no persistent compilation cache or turning it off
+(`JAX_ENABLE_COMPILATION_CACHE=false`), and so does running on several hosts
+(there every process compiles, and XLA's cache serves the next run).
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ _COMPILER_ENV = ("XLA_FLAGS", "LIBTPU_INIT_ARGS")
 
 
 def default_cache_dir() -> str | None:
-    """`<JAX compilation cache>/mnv2_steps`, or None when the cache is off."""
-    if os.environ.get("MNV2_STEP_CACHE", "1") == "0":
+    """`<JAX compilation cache>/mnv2_steps`, or None when the cache is off
+    (`MNV2_STEP_CACHE=0`, no JAX cache directory, or JAX's cache disabled)."""
+    if os.environ.get("MNV2_STEP_CACHE", "1") == "0" or not jax.config.jax_enable_compilation_cache:
         return None
     base = jax.config.jax_compilation_cache_dir
     if not base or "://" in base:  # only local directories

@@ -142,6 +142,11 @@ def test_no_cache_dir_or_the_switch_means_plain_jit(monkeypatch):
     monkeypatch.setenv("MNV2_STEP_CACHE", "1")
     base = jax.config.jax_compilation_cache_dir  # the suite's shared cache (tests/conftest.py)
     assert base and step_cache.default_cache_dir() == os.path.join(base, "mnv2_steps")
+    jax.config.update("jax_enable_compilation_cache", False)  # JAX's cache off: this one too
+    try:
+        assert step_cache.default_cache_dir() is None
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
 
 
 def test_a_step_that_cannot_be_serialised_runs_and_keeps_nothing(tmp_path):
