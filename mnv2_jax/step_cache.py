@@ -299,8 +299,9 @@ class CachedFunction:
         the executable there instead of into XLA's persistent cache."""
         box: dict[str, Any] = {}
         lowered = jax.jit(self._flat_fn(in_tree, box), **jit_kwargs).lower(*leaves)
+        fresh = False  # whether XLA really compiled it (only asked when it is to be kept)
         if keep_at is None:
-            compiled, fresh = lowered.compile(), False
+            compiled = lowered.compile()
         else:
             compiled, fresh = _compile_bypassing_xla_cache(lowered)
         self._check_fits(compiled)
