@@ -10,7 +10,10 @@
 #
 # Settings (environment): WIDTH (1.0), RESOLUTION (224), BATCHES ("512 1024"),
 # PYTHON (python3), REPEATS (3), EXTRA ("shifted": also time our shifted
-# depthwise at the first batch size; "" to skip).
+# depthwise at the first batch size; "" to skip), and each run's time limit in
+# seconds: JAX_LIMIT (240), EAGER_LIMIT (90), COMPILE_LIMIT (200). Our cold
+# train-step compile on one H200 took 77 s at batch 512 and over 240 s at
+# batch 2048, so a large batch needs a JAX_LIMIT of several minutes.
 set -u
 OUT=${OUT:-/tmp/mnv2_gpu}
 PY=${PYTHON:-python3}
@@ -19,6 +22,9 @@ R=${RESOLUTION:-224}
 BATCHES=${BATCHES:-"512 1024"}
 REPEATS=${REPEATS:-3}
 EXTRA=${EXTRA-shifted}
+JAX_LIMIT=${JAX_LIMIT:-240}
+EAGER_LIMIT=${EAGER_LIMIT:-90}
+COMPILE_LIMIT=${COMPILE_LIMIT:-200}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MNV2_ALLOCATOR=system
 
@@ -47,11 +53,11 @@ TORCH=("$PY" benchmarks/torch_mnv2.py --width "$W" --resolution "$R" --device "$
 
 first=1
 for b in $BATCHES; do
-  run "jax_b$b" 240 "${JAX[@]}" --batch-size "$b"
-  [ $first -eq 1 ] && run "torch_eager_b$b" 90 "${TORCH[@]}" --batch-size "$b"
-  run "torch_compile_b$b" 200 "${TORCH[@]}" --batch-size "$b" --compile
+  run "jax_b$b" "$JAX_LIMIT" "${JAX[@]}" --batch-size "$b"
+  [ $first -eq 1 ] && run "torch_eager_b$b" "$EAGER_LIMIT" "${TORCH[@]}" --batch-size "$b"
+  run "torch_compile_b$b" "$COMPILE_LIMIT" "${TORCH[@]}" --batch-size "$b" --compile
   if [ $first -eq 1 ] && [ "$EXTRA" = shifted ]; then
-    run "jax_shifted_b$b" 240 "${JAX[@]}" --batch-size "$b" --depthwise-impl shifted
+    run "jax_shifted_b$b" "$JAX_LIMIT" "${JAX[@]}" --batch-size "$b" --depthwise-impl shifted
   fi
   first=0
 done
