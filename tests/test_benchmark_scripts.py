@@ -1,10 +1,14 @@
-"""The side-by-side scripts in benchmarks/: parsing, medians, ratios (no framework runs)."""
+"""The side-by-side scripts in benchmarks/: parsing, medians, ratios, and gpu.sh's time limits
+(no framework runs to completion)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -175,3 +179,28 @@ def test_gpu_table_reads_per_run_json_files_and_says_when_there_are_none(tmp_pat
     )
     (tmp_path / "unrelated.json").write_text("{}")
     assert set(gpu_table.load(tmp_path)) == {("jax", 8)}
+
+
+def test_gpu_script_gives_each_run_the_time_limit_from_the_environment(tmp_path):
+    """gpu.sh ends a run at its limit, logs it and goes on; with 1 s limits every
+    run is cut off (the JAX side would need minutes), so no result is written."""
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "BATCHES": "2",
+        "WIDTH": "0.35",
+        "RESOLUTION": "32",
+        "TORCH_DEVICE": "cpu",
+        "JAX_LIMIT": "1",
+        "EAGER_LIMIT": "1",
+        "COMPILE_LIMIT": "1",
+    }
+    proc = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    log = (tmp_path / "runs.log").read_text()
+    for run in ("jax_b2", "torch_eager_b2", "torch_compile_b2", "jax_shifted_b2"):
+        assert re.search(rf"== {run} \(\S+, limit 1s\)", log), log
+    assert proc.stdout.count("exit 124") == 4, proc.stdout
+    assert not (tmp_path / "results.jsonl").exists()
