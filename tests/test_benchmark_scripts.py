@@ -182,8 +182,10 @@ def test_gpu_table_reads_per_run_json_files_and_says_when_there_are_none(tmp_pat
 
 
 def test_gpu_script_gives_each_run_the_time_limit_from_the_environment(tmp_path):
-    """gpu.sh ends a run at its limit, logs it and goes on; with 1 s limits every
-    run is cut off (the JAX side would need minutes), so no result is written."""
+    """gpu.sh logs each run with the limit the environment gives it, ends a run at
+    that limit and goes on. With 1 s limits the JAX runs are cut off (starting JAX
+    alone takes longer) and nothing finishes, so no result is written. The PyTorch
+    runs are cut off too, or fail at once where torch (optional) is not installed."""
     env = {
         **os.environ,
         "OUT": str(tmp_path),
@@ -202,5 +204,7 @@ def test_gpu_script_gives_each_run_the_time_limit_from_the_environment(tmp_path)
     log = (tmp_path / "runs.log").read_text()
     for run in ("jax_b2", "torch_eager_b2", "torch_compile_b2", "jax_shifted_b2"):
         assert re.search(rf"== {run} \(\S+, limit 1s\)", log), log
-    assert proc.stdout.count("exit 124") == 4, proc.stdout
+    for run in ("jax_b2", "jax_shifted_b2"):
+        assert re.search(rf"== {run} \(\S+, limit 1s\)\n\s+exit 124:", proc.stdout), proc.stdout
+    assert proc.stdout.count("exit ") == 4, proc.stdout
     assert not (tmp_path / "results.jsonl").exists()
