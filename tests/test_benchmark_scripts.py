@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jax
 import pytest
 
 from mnv2_jax import accounting, spec
+from mnv2_jax.model import MobileNetV2
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -31,6 +33,7 @@ def _load(name: str) -> ModuleType:
 
 compare = _load("compare")
 gpu_table = _load("gpu_table")
+batch_cliff = _load("batch_cliff")
 
 
 def test_compare_parses_settings_and_rejects_bad_ones():
@@ -179,6 +182,37 @@ def test_gpu_table_reads_per_run_json_files_and_says_when_there_are_none(tmp_pat
     )
     (tmp_path / "unrelated.json").write_text("{}")
     assert set(gpu_table.load(tmp_path)) == {("jax", 8)}
+
+
+def test_batch_cliff_times_cut_networks_and_names_their_largest_activation(capsys):
+    """The cut network keeps the full network's first layers (same parameter
+    shapes), and each row reports the largest feature map from the spec's own
+    numbers: block 1's expansion at half resolution."""
+    arch = spec.build_architecture(width=0.35, num_classes=0)
+    args = ["--width", "0.35", "--resolution", "32", "--blocks", "2", "--batch-sizes", "2,4"]
+    assert batch_cliff.main([*args, "--steps", "1", "--repeats", "1", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["blocks"], r["batch_size"]) for r in rows] == [(2, 2), (2, 4)]
+    for r in rows:
+        assert r["largest_activation"] == "block_1/expansion"
+        assert r["largest_elements"] == r["batch_size"] * 16 * 16 * arch.blocks[1].expanded_channels
+        assert r["over_int32"] is False
+        assert r["us_per_image"] > 0 and r["seconds_per_step"] > 0 and r["steps"] == 1
+
+    cut = batch_cliff.cut_model(0.35, 2, "float32", "auto", "auto")
+    full = spec.build_architecture(width=0.35, num_classes=0)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), "float32")
+    shapes = [
+        jax.tree.map(
+            lambda a: a.shape, jax.eval_shape(lambda x, m=m: m.init(jax.random.PRNGKey(0), x), x)["params"]
+        )
+        for m in (cut, MobileNetV2(full))
+    ]
+    for name in ("stem", "block_0", "block_1"):
+        assert shapes[0][name] == shapes[1][name]
+    assert shapes[0]["head"]["conv"]["kernel"] == (1, 1, arch.blocks[1].out_channels, 8)
+    with pytest.raises(ValueError, match="--blocks"):
+        batch_cliff.cut_model(0.35, 18, "float32", "auto", "auto")
 
 
 def test_gpu_script_gives_each_run_the_time_limit_from_the_environment(tmp_path):
