@@ -17,6 +17,9 @@ sizes on both sides of the bound fit in one short GPU session:
 If the cost per image jumps only where the largest activation crosses 2^31
 elements, and only for cuts that include that activation, the bound is the
 cause; `--depthwise-impl` / `--pointwise-impl` tell which kind of layer pays.
+On GPU our convolutions run over batch pieces under 2^31 elements
+(`layers.GPU_CONV_MAX_ELEMENTS`, as PyTorch does for cuDNN); `--no-conv-split`
+times them whole, so one run of each says what the split is worth.
 One JSON object per line goes to stdout with `--json`.
 """
 
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--depthwise-impl", choices=layers.DEPTHWISE_IMPLS, default="auto")
     parser.add_argument("--pointwise-impl", choices=layers.POINTWISE_IMPLS, default="auto")
+    parser.add_argument(
+        "--no-conv-split", action="store_true", help="convolutions whole, past 2^31 elements too"
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps per repeat (default: about 2 s)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -138,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
+    if args.no_conv_split:
+        layers.GPU_CONV_MAX_ELEMENTS = None
     print(
         f"# {jax.devices()[0].device_kind}, jax {jax.__version__}, {args.width}/{args.resolution}, "
-        f"{args.dtype}, depthwise {args.depthwise_impl}, pointwise {args.pointwise_impl}",
+        f"{args.dtype}, depthwise {args.depthwise_impl}, pointwise {args.pointwise_impl}, "
+        f"conv split at {layers.GPU_CONV_MAX_ELEMENTS} elements on GPU",
         file=sys.stderr,
     )
     if not args.json:
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 largest_activation=name,
                 largest_elements=elements,
                 over_int32=elements > INT32_BOUND,
+                conv_split=not args.no_conv_split,
                 us_per_image=1e6 * timing["seconds_per_step"] / batch_size,
                 **timing,
             )

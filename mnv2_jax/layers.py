@@ -54,19 +54,62 @@ def _pads(x_shape, kernel_shape, stride: int, dilation: int) -> tuple[tuple[int,
     return same_padding(h, kh, stride, dilation), same_padding(w, kw, stride, dilation)
 
 
+# cuDNN indexes tensors with 32-bit integers: a convolution whose input or
+# output holds more elements runs in slower kernels, if at all. PyTorch splits
+# the batch of such a convolution into pieces under the bound (aten's
+# `split_batch_dim_to_32bit_out`); `conv_lax` does the same on GPU. On one H200
+# our bf16 train step at 1.0/224 ran at 12,199 images/s at batch 1024 and
+# 2,159 at 2048, where block 1's expansion (112 x 112 x 96) passes 2^31
+# elements; the split's effect there is not measured yet
+# (`benchmarks/batch_cliff.py` times it, and without it with `--no-conv-split`).
+GPU_CONV_MAX_ELEMENTS = 2**31 - 1
+
+
+def conv_split_bound() -> int | None:
+    """The element bound `conv_lax` splits at by default: on GPU only."""
+    return GPU_CONV_MAX_ELEMENTS if jax.default_backend() == "gpu" else None
+
+
+def conv_batch_pieces(x_shape, kernel_shape, stride: int, max_elements: int | None) -> int:
+    """How many batch pieces keep a convolution's input and output each under
+    `max_elements` (1: no split; also when one image alone is over, or the
+    batch is symbolic as in a shape-polymorphic export)."""
+    if max_elements is None or not all(isinstance(d, int) for d in x_shape):
+        return 1
+    batch, h, w, c = x_shape
+    per_image = max(h * w * c, _out_size(h, stride) * _out_size(w, stride) * kernel_shape[-1])
+    if batch * per_image <= max_elements or per_image > max_elements:
+        return 1
+    return -(-batch // (max_elements // per_image))
+
+
 def conv_lax(
-    x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1, groups: int = 1
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    max_elements: int | None | str = "auto",
 ) -> jax.Array:
-    """Reference: XLA's convolution with TF 'SAME' padding."""
-    return lax.conv_general_dilated(
-        x,
-        kernel,
+    """XLA's convolution with TF 'SAME' padding; over batch pieces when the input or
+    output has more than `max_elements` elements ('auto': `conv_split_bound()`;
+    None: never split)."""
+    if max_elements == "auto":
+        max_elements = conv_split_bound()
+    conv = functools.partial(
+        lax.conv_general_dilated,
+        rhs=kernel,
         window_strides=(stride, stride),
         padding=_pads(x.shape, kernel.shape, stride, dilation),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=groups,
     )
+    pieces = conv_batch_pieces(x.shape, kernel.shape, stride, max_elements)
+    if pieces == 1:
+        return conv(x)
+    edges = [round(i * x.shape[0] / pieces) for i in range(pieces + 1)]
+    return jnp.concatenate([conv(x[a:b]) for a, b in zip(edges, edges[1:])], axis=0)
 
 
 def _out_size(size: int, stride: int) -> int:

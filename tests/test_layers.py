@@ -330,3 +330,50 @@ def test_relu6_values_and_mask_gradient():
     )
     bf16 = jax.grad(lambda v: jnp.sum(layers.relu6(v)).astype(jnp.float32))(x.astype(jnp.bfloat16))
     assert bf16.dtype == jnp.bfloat16
+
+
+def test_conv_batch_pieces_are_the_fewest_that_keep_each_piece_under_the_bound():
+    # (batch, 12, 12, 16) -> stride 2, 40 channels: 2,304 input and 1,440 output elements per image
+    x_shape, kernel_shape = (10, 12, 12, 16), (3, 3, 16, 40)
+    per_image = max(12 * 12 * 16, 6 * 6 * 40)
+    for bound in (per_image, 3 * per_image, 3 * per_image + 1, 9 * per_image, 10 * per_image - 1):
+        pieces = layers.conv_batch_pieces(x_shape, kernel_shape, 2, bound)
+        assert -(-10 // pieces) * per_image <= bound  # the largest piece fits
+        assert -(-10 // (pieces - 1)) * per_image > bound  # one piece fewer would not
+    assert layers.conv_batch_pieces(x_shape, kernel_shape, 2, 10 * per_image) == 1  # fits whole
+    assert layers.conv_batch_pieces(x_shape, kernel_shape, 2, per_image - 1) == 1  # one image is over
+    assert layers.conv_batch_pieces(x_shape, kernel_shape, 2, None) == 1
+    symbolic = jax.export.symbolic_shape("b, 12, 12, 16")
+    assert layers.conv_batch_pieces(symbolic, kernel_shape, 2, per_image) == 1
+
+
+@pytest.mark.parametrize(
+    "kernel_shape, stride, groups", [((3, 3, 1, 6), 2, 6), ((1, 1, 6, 10), 1, 1), ((3, 3, 3, 6), 2, 1)]
+)
+def test_conv_lax_over_batch_pieces_matches_one_convolution(kernel_shape, stride, groups, monkeypatch):
+    """The GPU path splits convolutions past 2^31 elements over the batch: the same
+    values and gradients (input and kernel) as one convolution, here with a bound
+    that forces 3 uneven pieces of a batch of 7."""
+    cin = kernel_shape[2] * groups
+    x, kernel = _rand(0, (7, 9, 9, cin)), _rand(1, kernel_shape)
+    per_image = max(9 * 9 * cin, (-(-9 // stride)) ** 2 * kernel_shape[-1])
+    bound = 3 * per_image
+    assert layers.conv_batch_pieces(x.shape, kernel.shape, stride, bound) == 3
+    whole = functools.partial(layers.conv_lax, stride=stride, groups=groups, max_elements=None)
+    split = functools.partial(layers.conv_lax, stride=stride, groups=groups, max_elements=bound)
+    _assert_close(split(x, kernel), whole(x, kernel))
+    g = _rand(2, whole(x, kernel).shape)
+    grads = [
+        jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * g), argnums=(0, 1))(x, kernel) for f in (whole, split)
+    ]
+    _assert_close(grads[1][0], grads[0][0])
+    _assert_close(grads[1][1], grads[0][1])
+
+    # one convolution per piece in the program; 'auto' splits only on GPU, at GPU_CONV_MAX_ELEMENTS
+    def convolutions(f):
+        return jax.jit(f).lower(x, kernel).as_text().count("stablehlo.convolution")
+
+    assert convolutions(split) == 3 and convolutions(whole) == 1
+    monkeypatch.setattr(layers, "GPU_CONV_MAX_ELEMENTS", bound)
+    auto = functools.partial(layers.conv_lax, stride=stride, groups=groups)
+    assert convolutions(auto) == (3 if jax.default_backend() == "gpu" else 1)

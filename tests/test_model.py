@@ -311,3 +311,41 @@ def test_inputs_must_be_nhwc_rgb(shape):
 def test_module_from_architecture():
     arch = spec.build_architecture(**TINY)
     assert MobileNetV2(arch).arch == create_model(**TINY).arch == arch
+
+
+def test_convolutions_split_over_the_batch_leave_the_train_step_unchanged(tiny, monkeypatch):
+    """On GPU, convolutions past 2^31 elements run over batch pieces (`layers.conv_lax`).
+    Forced here with a bound of one image's largest feature map on the 'lax' model: the
+    program holds more convolutions, and the train-mode loss (batch statistics over the
+    whole batch), the gradients and the new batch statistics are those of the whole convs."""
+    from mnv2_jax import layers
+
+    model = tiny.variant(depthwise_impl="lax", pointwise_impl="lax", dropout_rate=0.0)
+    _, features = tiny.features(model)
+    per_image = max(math.prod(f.shape[1:]) for f in features.values() if f.ndim == 4)
+
+    def train_grads():
+        def loss(params, x):
+            out, updates = model.apply(
+                {"params": params, "batch_stats": tiny.variables["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return jnp.sum(out * jnp.arange(out.shape[-1])), updates["batch_stats"]
+
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        with jax.default_matmul_precision("highest"):
+            convs = step.lower(tiny.variables["params"], tiny.x).as_text().count("stablehlo.convolution")
+            return convs, step(tiny.variables["params"], tiny.x)
+
+    whole_convs, whole = train_grads()
+    monkeypatch.setattr(layers, "conv_split_bound", lambda: per_image)
+    split_convs, split = train_grads()
+    assert split_convs > whole_convs
+    # Gradients that train-mode batch norm makes zero in exact arithmetic (a bias right before
+    # the next batch norm) are float32 noise on both sides: a floor relative to the whole gradient.
+    scale = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree_util.tree_leaves(whole[1])))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(split), jax.tree_util.tree_leaves(whole)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b) + 1e-6 * scale, jax.tree_util.keystr(path)
