@@ -185,7 +185,9 @@ def benchmark(
         start = time.perf_counter()
         compiled_infer = infer.lower(variables, batch["image"]).compile()
         result["infer_compile_seconds"] = time.perf_counter() - start
-        result["infer_chunk"] = infer_chunk or steps_lib.infer_chunk(batch_size)
+        result["infer_chunk"] = infer_chunk or steps_lib.infer_chunk(
+            batch_size, (resolution, resolution), width
+        )
         first = min(_time_steps(lambda: compiled_infer(variables, batch["image"]), 1, 3))
         n = steps or _steps_for(first)
         seconds = _time_steps(lambda: compiled_infer(variables, batch["image"]), n, repeats)

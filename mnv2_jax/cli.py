@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="images per inference chunk, a divisor of the batch size (default: steps.infer_chunk: "
-        "on one CPU device chunks of 8 images, else the whole batch; "
+        "on one CPU device chunks of at least 8 images at 1.0/224, else the whole batch; "
         "the batch size = the whole batch at once)",
     )
     p.add_argument(

@@ -193,30 +193,35 @@ def reset_metric_sums(state: TrainState) -> TrainState:
 # body's buffers are reused from chunk to chunk and stay in cache, where the
 # whole batch at once streams every activation through memory. Inference only:
 # batch norm uses its running statistics, so every image is independent. A chunk
-# is the smallest divisor of the batch with at least INFER_CHUNK_IMAGES images.
-# Whole-model inference on the 2-core test machine under jemalloc, one process,
-# the variants alternating, median images/s over 12 rounds of 8 batches
-# (session 11; chunk sizes in parentheses, the old rule's first): 1.0/224 b32
-# (8) 131 vs (4) 133; 1.0/160 b32 (16) 243 vs (8) 250; 1.0/96 b32 (32) 590-601
-# vs (8) 709, (16) 727-749; 1.0/96 b128 (64) 680 vs (8) 674, (16) 754-804;
-# 0.5/128 b32 (32) 737 vs (8) 960, (16) 938; 0.5/128 b128 (64) 774 vs (8) 953;
-# 0.35/96 b32 (32) 1545 vs (8) 2133; 0.35/96 b128 (128) 1678 vs (8) 1662-1669.
-# The old rule (at least 8 x 224 x 224 activation units per chunk, from session
-# 4, when chunks of 8 lost at 1.0/96 and 0.35/96 b32 on the kernels of the
-# time) ran those small-map batches whole.
-INFER_CHUNK_IMAGES = 8
+# holds at least INFER_CHUNK_SIZE activation units (images x pixels x width
+# multiplier; 8 images at 1.0/224). Whole-model inference on the 2-core test
+# machine under jemalloc, same process, alternating, median ms per batch, whole
+# batch -> chunked: 1.0/224 b32 220 -> 198 (chunks of 8; of 4: 225 -> 200),
+# b128 950 -> 753; 1.0/160 b32 107.5 -> 102.9 (16); 0.5/128 b128 164 -> 141
+# (64). Smaller chunks lost: 1.0/96 b32 in chunks of 8 41.5 -> 45.1, 0.35/96 b32
+# 12.5 -> 15.2; so below the threshold the batch runs whole.
+INFER_CHUNK_SIZE = 8 * 224 * 224
 
 
-def infer_chunk(batch_size: int, backend: str | None = None, device_count: int | None = None) -> int:
+def infer_chunk(
+    batch_size: int,
+    image_shape: tuple[int, int] = (224, 224),
+    width: float = 1.0,
+    backend: str | None = None,
+    device_count: int | None = None,
+) -> int:
     """Images per chunk for `predict`: on a single CPU device the smallest divisor
-    of the batch with at least INFER_CHUNK_IMAGES images; elsewhere (GPU, TPU,
+    of the batch whose chunk reaches INFER_CHUNK_SIZE; elsewhere (GPU, TPU,
     several devices) the whole batch, since there a big batch keeps the chip busy."""
     backend = backend or jax.default_backend()
     device_count = jax.device_count() if device_count is None else device_count
     if backend != "cpu" or device_count != 1:
         return batch_size
-    smallest = min(INFER_CHUNK_IMAGES, batch_size)
-    return next(d for d in range(smallest, batch_size + 1) if batch_size % d == 0)
+    per_image = image_shape[0] * image_shape[1] * width
+    reaching = [
+        d for d in range(1, batch_size + 1) if batch_size % d == 0 and d * per_image >= INFER_CHUNK_SIZE
+    ]
+    return min(reaching, default=batch_size)
 
 
 def predict(model, variables: dict, images: jax.Array, chunk: int | None = None) -> jax.Array:
@@ -224,7 +229,8 @@ def predict(model, variables: dict, images: jax.Array, chunk: int | None = None)
     chunks of `chunk` images (None: `infer_chunk`), which must divide the batch."""
     batch = images.shape[0]
     if chunk is None:
-        chunk = infer_chunk(batch)
+        arch = getattr(model, "arch", None)
+        chunk = infer_chunk(batch, images.shape[1:3], arch.width if arch is not None else 1.0)
     if chunk >= batch:
         return model.apply(variables, images, train=False)
     if chunk < 1 or batch % chunk:

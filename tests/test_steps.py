@@ -217,15 +217,15 @@ def test_predict_in_chunks_equals_the_whole_batch(setup):
         steps.predict(model, variables, images, chunk=3)
 
 
-def test_infer_chunk_splits_batches_only_on_one_cpu_device():
-    n = steps.INFER_CHUNK_IMAGES
-    assert steps.infer_chunk(4 * n, "cpu", 1) == n
-    assert steps.infer_chunk(n, "cpu", 1) == n
-    assert steps.infer_chunk(n - 1, "cpu", 1) == n - 1  # smaller batches run whole
-    assert steps.infer_chunk(3 * (n + 1), "cpu", 1) == n + 1  # the smallest divisor with n images or more
-    assert steps.infer_chunk(31, "cpu", 1) == 31  # a prime batch runs whole
-    assert steps.infer_chunk(32, "gpu", 1) == 32
-    assert steps.infer_chunk(32, "cpu", 8) == 32
+def test_infer_chunk_splits_only_big_batches_on_one_cpu_device():
+    per_224 = steps.INFER_CHUNK_SIZE // (224 * 224)
+    assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 1) == per_224
+    assert steps.infer_chunk(30, (224, 224), 1.0, "cpu", 1) == 10  # the smallest divisor reaching the size
+    assert steps.infer_chunk(32, (224, 224), 0.5, "cpu", 1) == 2 * per_224  # half the activations per image
+    assert steps.infer_chunk(32, (96, 96), 0.35, "cpu", 1) == 32  # small activations: the whole batch
+    assert steps.infer_chunk(7, (224, 224), 1.0, "cpu", 1) == 7  # a prime batch runs whole
+    assert steps.infer_chunk(32, (224, 224), 1.0, "gpu", 1) == 32
+    assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 8) == 32
 
 
 def test_global_norm_equals_optax_tree_norm():
