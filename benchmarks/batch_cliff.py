@@ -47,7 +47,7 @@ def cut_model(width: float, blocks: int, dtype: str, depthwise_impl: str, pointw
     import jax.numpy as jnp
 
     from mnv2_jax import spec
-    from mnv2_jax.model import MobileNetV2
+    from mnv2_jax.models.mobilenet_v2 import MobileNetV2
 
     arch = spec.build_architecture(width=width, num_classes=0)
     if not 1 <= blocks <= len(arch.blocks):
@@ -87,7 +87,7 @@ def time_cut(
     import jax.numpy as jnp
     import numpy as np
 
-    from mnv2_jax.bench import _steps_for, _time_steps
+    from mnv2_jax.tools.bench import _steps_for, _time_steps
 
     variables = jax.jit(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, resolution, resolution, 3)))
@@ -124,7 +124,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=float, default=1.0)

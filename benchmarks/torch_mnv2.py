@@ -1,4 +1,4 @@
-"""PyTorch reference: the same MobileNetV2 as `mnv2_jax.model`, for side-by-side throughput.
+"""PyTorch reference: the same MobileNetV2 as `mnv2_jax.models.mobilenet_v2`, for side-by-side throughput.
 
 The network is built from our architecture spec (`mnv2_jax.spec.build_architecture`),
 so its layers, channels, strides, dilations and shortcuts are exactly those of
@@ -151,7 +151,7 @@ class ConvBN(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """Table 1 of the paper, wired as `mnv2_jax.model.InvertedResidual` (shortcut per spec)."""
+    """Table 1 of the paper, wired as `mnv2_jax.models.mobilenet_v2.InvertedResidual` (shortcut per spec)."""
 
     def __init__(self, block: BlockSpec, padding: str = "tf") -> None:
         super().__init__()
@@ -205,7 +205,7 @@ class TorchMobileNetV2(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise as `mnv2_jax.model`: variance_scaling(2, fan_in, truncated_normal) convs."""
+        """Initialise as `mnv2_jax.models.mobilenet_v2`: variance_scaling(2, fan_in, truncated_normal) convs."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 fan_in = module.weight[0].numel()  # (in / groups) * k * k, as Flax's (k, k, in, out)
@@ -236,7 +236,7 @@ def build_model(
     padding: str = "tf",
     dropout: float = DROPOUT,
 ) -> TorchMobileNetV2:
-    """The torch twin of `mnv2_jax.model.create_model(width, ...)`."""
+    """The torch twin of `mnv2_jax.models.mobilenet_v2.create_model(width, ...)`."""
     arch = build_architecture(
         width=width,
         expansion=expansion,

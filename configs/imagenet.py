@@ -8,7 +8,7 @@ Arguments (all optional): width, resolution, expansion, bottleneck_activation
 (linear|relu6), residual (bottleneck|expansion|none), recipe (slim|tpu), batch.
 Every key can also be overridden with --config.KEY=VALUE.
 
-Recipes (see mnv2_jax.optim.RECIPES):
+Recipes (see mnv2_jax.train.optim.RECIPES):
 * slim (default): TF-Slim's reproduction, 72.0% top-1 at 1.0/224 -- RMSProp
   (decay 0.9, momentum 0.9, epsilon 1 inside the root, accumulator from 1),
   lr 0.045 x B/96, x0.98 every 2.5 epochs, L2 4e-5, label smoothing 0.1,

@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.total_steps = ml_collections.config_dict.placeholder(int)
     c.seed = 0
 
-    # Optimisation: `recipe` fills every None below (see mnv2_jax.optim.RECIPES).
+    # Optimisation: `recipe` fills every None below (see mnv2_jax.train.optim.RECIPES).
     c.recipe = "slim"
     c.optim = ml_collections.ConfigDict()
     for key in (
@@ -317,7 +317,7 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int, **ove
     """The Flax module a config trains (`overrides` replace module fields, e.g. bn_axis_name)."""
     import jax.numpy as jnp
 
-    from mnv2_jax.model import MobileNetV2
+    from mnv2_jax.models.mobilenet_v2 import MobileNetV2
 
     kwargs = dict(
         dropout_rate=config.dropout_rate,

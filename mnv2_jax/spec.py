@@ -1,7 +1,7 @@
 """The MobileNetV2 architecture as plain data: the one source of truth.
 
 Everything that needs to know the network's layers -- the Flax module
-(`mnv2_jax.model`), the analytic accounting (`mnv2 info`), the memory analysis
+(`mnv2_jax.models.mobilenet_v2`), the analytic accounting (`mnv2 info`), the memory analysis
 (`mnv2 memory`), sweep listings and weight importers -- reads the list of
 layers that `build_architecture` derives from the paper's Table 2 and the
 sweep settings. This module imports nothing heavy (no JAX), so command-line

@@ -96,7 +96,7 @@ class TinyModel:
 
     def variant(self, **overrides):
         """The same tiny network with other settings (`create_model` keyword arguments)."""
-        from mnv2_jax.model import create_model
+        from mnv2_jax.models.mobilenet_v2 import create_model
 
         return create_model(**{**TINY, **overrides})
 
@@ -120,7 +120,7 @@ class TinyModel:
 def tiny():
     import jax
 
-    from mnv2_jax.model import create_model
+    from mnv2_jax.models.mobilenet_v2 import create_model
 
     model = create_model(**TINY)
     shape = (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)

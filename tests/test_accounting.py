@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mnv2_jax import accounting, spec
-from mnv2_jax.batch_norm import BatchNorm
-from mnv2_jax.model import create_model
+from mnv2_jax.models.mobilenet_v2 import create_model
+from mnv2_jax.nn.batch_norm import BatchNorm
 
 
 def _counts(width=1.0, resolution=224, **kwargs):

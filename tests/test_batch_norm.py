@@ -1,4 +1,4 @@
-"""`mnv2_jax.batch_norm.BatchNorm` against `flax.linen.BatchNorm`: the same variables,
+"""`mnv2_jax.nn.batch_norm.BatchNorm` against `flax.linen.BatchNorm`: the same variables,
 outputs, running statistics and gradients (its backward pass is hand-written)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnv2_jax.batch_norm import BatchNorm
+from mnv2_jax.nn.batch_norm import BatchNorm
 
 SETTINGS = dict(momentum=0.997, epsilon=1e-3)
 

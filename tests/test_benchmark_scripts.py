@@ -17,7 +17,7 @@ import jax
 import pytest
 
 from mnv2_jax import accounting, spec
-from mnv2_jax.model import MobileNetV2
+from mnv2_jax.models.mobilenet_v2 import MobileNetV2
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnv2_jax import data
+from mnv2_jax.data import input_pipeline as data
 
 RES = 32
 
@@ -55,7 +55,7 @@ def make_config(data_dir: str | None, **overrides) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="session")
 def mnist_config(data_dir) -> ml_collections.ConfigDict:
-    from mnv2_jax.datasets import mnist_offline
+    from mnv2_jax.data.datasets import mnist_offline
 
     mnist_offline.ensure_prepared(data_dir)
     return make_config(data_dir)
@@ -135,7 +135,7 @@ def test_resume_is_bitwise_identical_across_an_epoch_boundary(mnist_config):
 RESUME_SCRIPT = """
 import hashlib, json, sys
 import ml_collections
-from mnv2_jax import data
+from mnv2_jax.data import input_pipeline as data
 config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
 batch = next(data.train_iterator(config, start_step=int(sys.argv[2])))
 print(hashlib.sha256(batch["image"].tobytes() + batch["label"].tobytes()).hexdigest())

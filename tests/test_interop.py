@@ -24,9 +24,9 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
-from mnv2_jax.interop import export as export_lib  # noqa: E402
-from mnv2_jax.interop import keras as keras_interop  # noqa: E402
-from mnv2_jax.interop import tflite  # noqa: E402
+from mnv2_jax.tools.interop import export as export_lib  # noqa: E402
+from mnv2_jax.tools.interop import keras as keras_interop  # noqa: E402
+from mnv2_jax.tools.interop import tflite  # noqa: E402
 
 # (alpha, input_shape, include_top, pooling, classes): every alpha Keras offers; odd (97, 71),
 # non-square (64x80, 71x50) and even sizes; with and without the classifier.
@@ -188,7 +188,7 @@ def test_import_keras_weights_from_local_file(keras_models, converted, tmp_path)
 
 def test_fold_batch_norm_matches_module_for_ablations():
     """Folding mirrors the module for every block wiring, not only the paper's."""
-    from mnv2_jax.model import create_model
+    from mnv2_jax.models.mobilenet_v2 import create_model
 
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (2, 40, 40, 3)).astype(np.float32)

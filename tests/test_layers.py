@@ -1,4 +1,4 @@
-"""Convolution kernels (`mnv2_jax.layers`): every implementation against XLA's own convolution,
+"""Convolution kernels (`mnv2_jax.nn.layers`): every implementation against XLA's own convolution,
 outputs and gradients, and TF's 'SAME' padding (the extra row/column goes bottom/right)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from mnv2_jax import layers
+from mnv2_jax.nn import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 

@@ -1,4 +1,4 @@
-"""Memory-efficient inference (`mnv2_jax.memory`, Section 5.1): the split model computes the same
+"""Memory-efficient inference (`mnv2_jax.tools.memory`, Section 5.1): the split model computes the same
 function as the standard folded one, Table 3's rule gives the cells worked out by hand, bad
 `split` values are refused, the saving shows up in XLA's memory analysis, the CLI and the
 notebook run.
@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnv2_jax import memory
-from mnv2_jax.interop.export import fold_batch_norm, folded_apply
 from mnv2_jax.spec import build_architecture
+from mnv2_jax.tools import memory
+from mnv2_jax.tools.interop.export import fold_batch_norm, folded_apply
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "memory_efficient_inference.ipynb"
 

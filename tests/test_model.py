@@ -1,4 +1,4 @@
-"""The Flax model (`mnv2_jax.model`): shapes for every paper width and odd resolutions, the ablation
+"""The Flax model (`mnv2_jax.models.mobilenet_v2`): shapes for every paper width and odd resolutions, the ablation
 variants change exactly what they should, named features, output stride, bfloat16 compute, and the
 fast CPU kernels against XLA's convolutions on a whole (tiny) network.
 
@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY, TINY_RESOLUTION, random_variables
 
 from mnv2_jax import spec
-from mnv2_jax.model import ConvBN, MobileNetV2, create_model, init_variables
+from mnv2_jax.models.mobilenet_v2 import ConvBN, MobileNetV2, create_model, init_variables
 
 
 def _shapes(model, resolution, batch=2, height=None, return_features=False):
@@ -318,7 +318,7 @@ def test_convolutions_split_over_the_batch_leave_the_train_step_unchanged(tiny, 
     Forced here with a bound of one image's largest feature map on the 'lax' model: the
     program holds more convolutions, and the train-mode loss (batch statistics over the
     whole batch), the gradients and the new batch statistics are those of the whole convs."""
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     model = tiny.variant(depthwise_impl="lax", pointwise_impl="lax", dropout_rate=0.0)
     _, features = tiny.features(model)

@@ -14,13 +14,13 @@ import numpy as np
 import optax
 import pytest
 
-from mnv2_jax import optim
+from mnv2_jax.train import optim
 
 tf = pytest.importorskip("tensorflow")
 # TensorFlow must not take GPU memory that JAX needs (hide devices from TF only).
 tf.config.set_visible_devices([], "GPU")
 
-# A small tree with every kind of leaf the model has, named as in mnv2_jax.model.
+# A small tree with every kind of leaf the model has, named as in mnv2_jax.models.mobilenet_v2.
 SHAPES = {
     "stem": {"conv": {"kernel": (3, 3, 3, 4)}, "bn": {"scale": (4,), "bias": (4,)}},
     "block_1": {

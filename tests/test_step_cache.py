@@ -1,4 +1,4 @@
-"""The on-disk cache of compiled steps (`mnv2_jax.step_cache`).
+"""The on-disk cache of compiled steps (`mnv2_jax.train.step_cache`).
 
 A hit must run exactly the program a miss ran, and both must equal plain `jax.jit`; anything in the key
 that changes makes a new entry; a damaged or foreign entry is compiled again; a step whose executable
@@ -19,7 +19,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mnv2_jax import config as config_lib
-from mnv2_jax import optim, step_cache, steps, train
+from mnv2_jax.train import loop as train
+from mnv2_jax.train import optim, step_cache
+from mnv2_jax.train import step as steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, RES, NUM_CLASSES = 16, 32, 10

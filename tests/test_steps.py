@@ -1,4 +1,4 @@
-"""The compiled train and eval steps (`mnv2_jax.steps`), in-process on 8 simulated CPU devices.
+"""The compiled train and eval steps (`mnv2_jax.train.step`), in-process on 8 simulated CPU devices.
 
 Data parallelism must not change the arithmetic: the train step jitted over a mesh of 8 devices (batch
 sharded on 'data', state replicated) equals the single-device step on the same global batch, dropout
@@ -23,7 +23,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mnv2_jax import config as config_lib
-from mnv2_jax import optim, steps, train
+from mnv2_jax.train import loop as train
+from mnv2_jax.train import optim
+from mnv2_jax.train import step as steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10

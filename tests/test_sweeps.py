@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import pytest
 
 from mnv2_jax import config as config_lib
-from mnv2_jax import launch, sweeps
+from mnv2_jax.sweeps import launch
+from mnv2_jax.sweeps import sweep_file as sweeps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
@@ -567,7 +568,9 @@ def test_wandb_agent_args_train_the_sweeps_runs(name, tmp_path, monkeypatch):
     trained = []
     # A stand-in for the training loop (and its heavy imports).
     monkeypatch.setitem(
-        sys.modules, "mnv2_jax.train", SimpleNamespace(train_and_evaluate=lambda c, w: trained.append((c, w)))
+        sys.modules,
+        "mnv2_jax.train.loop",
+        SimpleNamespace(train_and_evaluate=lambda c, w: trained.append((c, w))),
     )
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     monkeypatch.setenv("WANDB_PROJECT", "the-sweeps-project")

@@ -1,4 +1,4 @@
-"""The training loop end to end (`mnv2_jax.train.train_and_evaluate` and `mnv2 train`) on offline MNIST.
+"""The training loop end to end (`mnv2_jax.train.loop.train_and_evaluate` and `mnv2 train`) on offline MNIST.
 
 A tiny network (width 0.35, resolution 32, one block per row of Table 2) on the 4,500/500 offline digits,
 batch 32, 8 simulated CPU devices (tests/conftest.py). One completed 30-step run (`base_run`) serves as
@@ -26,8 +26,14 @@ import jax
 import numpy as np
 import pytest
 
-from mnv2_jax import checkpointing, cli, data, metrics, optim, steps, train
+from mnv2_jax import cli
 from mnv2_jax import config as config_lib
+from mnv2_jax.data import input_pipeline as data
+from mnv2_jax.train import checkpoint as checkpointing
+from mnv2_jax.train import loop as train
+from mnv2_jax.train import optim
+from mnv2_jax.train import step as steps
+from mnv2_jax.train import writer as metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "mnist.py")
@@ -330,7 +336,7 @@ NOT_READ_ALTERNATES = {
 
 def test_keys_left_out_of_the_step_cache_key_do_not_change_the_steps(data_dir):
     """Runs whose configs differ only in `_NOT_READ_BY_STEPS` load each other's compiled steps
-    (`mnv2_jax.step_cache`), so those keys must not change the traced programs."""
+    (`mnv2_jax.train.step_cache`), so those keys must not change the traced programs."""
     listed = set(train._NOT_READ_BY_STEPS)  # 'augment' and 'wandb' stand for their whole sub-dicts
     assert {k if k in listed else k.split(".")[0] for k in NOT_READ_ALTERNATES} == listed
     base = make_config(data_dir)

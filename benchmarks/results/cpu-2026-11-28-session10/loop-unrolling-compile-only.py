@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from mnv2_jax import config as config_lib
-from mnv2_jax import optim
-from mnv2_jax import steps as steps_lib
+from mnv2_jax.train import optim
+from mnv2_jax.train import step as steps_lib
 
 width, res, bs = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 config = config_lib.apply_overrides(

@@ -23,8 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnv2_jax import layers
-from mnv2_jax.batch_norm import BatchNorm
+from mnv2_jax.nn import layers
+from mnv2_jax.nn.batch_norm import BatchNorm
 from mnv2_jax.spec import Architecture, BlockSpec, build_architecture
 
 Dtype = Any
@@ -89,7 +89,7 @@ class ConvBN(nn.Module):
         bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         if self.bn_axis_name is None:
             x = BatchNorm(**bn, dtype=self.dtype, name="bn")(x)
-        else:  # statistics across named devices: Flax's module (see `mnv2_jax.batch_norm`)
+        else:  # statistics across named devices: Flax's module (see `mnv2_jax.nn.batch_norm`)
             x = nn.BatchNorm(
                 **bn,
                 dtype=self.dtype,

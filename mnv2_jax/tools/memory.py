@@ -8,7 +8,7 @@ channels independently, so splitting them into S groups gives, exactly,
 once, then the ReLU6 of the bottleneck ablation if any, then the shortcut.
 Only one group's slice of the expanded tensor exists at a time; the thin
 bottleneck tensors (input, accumulator) are the only whole ones. Batch norm is
-folded into the convs first (`mnv2_jax.interop.export.fold_batch_norm`):
+folded into the convs first (`mnv2_jax.tools.interop.export.fold_batch_norm`):
 inference only. `split_apply(arch, folded_params, x, split)` runs the network
 so, with S per block (S=1: the standard block).
 
@@ -188,7 +188,7 @@ def _group_start(i, width: int, total: int):
 
 
 def _relu6(x):
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     return layers.relu6(x)
 
@@ -225,7 +225,7 @@ def _split_block(
     import jax.numpy as jnp
     from jax import lax
 
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     inner = block.expanded_channels
     width = group_width(inner, groups)
@@ -325,7 +325,7 @@ def _first_layer_strips(
     import jax.numpy as jnp
     from jax import lax
 
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     n, h, w, _ = x.shape
     k, s = stem.kernel, stem.stride
@@ -364,7 +364,7 @@ def _first_layer_strips(
 
 def _standard_block(x, p: dict, block: BlockSpec, *, depthwise_impl: str, pointwise_impl: str):
     """The standard folded block (S=1): every tensor whole."""
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     inputs = x
     if block.has_expansion:
@@ -387,7 +387,7 @@ def _head_pool(x, p: dict, groups: int, *, loop: str, pointwise_impl: str):
     import jax.numpy as jnp
     from jax import lax
 
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     def pooled(kernel, bias):
         y = _relu6(layers.pointwise_conv(x, kernel, pointwise_impl) + bias)
@@ -434,7 +434,7 @@ def split_apply(
 ):
     """The batch-norm-folded network with each block evaluated in `split` groups (Section 5.1).
 
-    `params`: the folded tree of `mnv2_jax.interop.export.fold_batch_norm`
+    `params`: the folded tree of `mnv2_jax.tools.interop.export.fold_batch_norm`
     (or `random_folded_params`). `split`: an int for every block or one per
     block (`plan_split` suggests one); S=1 everywhere is the standard folded
     model, equal to `export.folded_apply` to float rounding. Computes in the
@@ -446,7 +446,7 @@ def split_apply(
     """
     import jax.numpy as jnp
 
-    from mnv2_jax import layers
+    from mnv2_jax.nn import layers
 
     if loop not in SPLIT_LOOPS:
         raise ValueError(f"loop: must be one of {SPLIT_LOOPS}, got {loop!r}")

@@ -3,15 +3,15 @@
 Kept empty on purpose: importing a builder module imports TensorFlow Datasets, which is heavy.
 Import the module itself to register its name with TFDS, e.g.::
 
-    from mnv2_jax.datasets import mnist_offline
+    from mnv2_jax.data.datasets import mnist_offline
 
     mnist_offline.ensure_prepared(data_dir)
     tfds.builder("mnist_offline", data_dir=data_dir)
 
-`mnv2_jax.data` does this for you whenever a config names one of these datasets.
+`mnv2_jax.data.input_pipeline` does this for you whenever a config names one of these datasets.
 """
 
 from __future__ import annotations
 
 # Dataset names provided here, mapped to the module that registers each one.
-LOCAL_DATASETS: dict[str, str] = {"mnist_offline": "mnv2_jax.datasets.mnist_offline"}
+LOCAL_DATASETS: dict[str, str] = {"mnist_offline": "mnv2_jax.data.datasets.mnist_offline"}

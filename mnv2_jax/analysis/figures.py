@@ -44,7 +44,7 @@ from typing import Any
 KINDS = ("fig5", "fig6a", "fig6b", "expansion", "table")
 DEFAULT_METRIC = "eval_ema/top1"
 RAW_METRIC = "eval/top1"
-SUMMARY_FILE = "summary.json"  # written by mnv2_jax.metrics
+SUMMARY_FILE = "summary.json"  # written by mnv2_jax.train.writer
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 THROUGHPUT_KEY = "train/images_per_sec"
@@ -358,7 +358,7 @@ def missing_runs(workdirs: Sequence[str]) -> list[str]:
     messages = []
     for (parent, path), name in sorted(by_parent.items()):
         try:
-            from mnv2_jax import sweeps
+            from mnv2_jax.sweeps import sweep_file as sweeps
 
             expected = [run.name for run in sweeps.load_sweep(path).runs]
         except Exception as e:  # noqa: BLE001 - a moved or edited sweep file: say so, go on
@@ -393,7 +393,7 @@ def _require_online() -> None:
             f"--wandb reads runs from the wandb server, but WANDB_MODE={mode}: plot the local workdirs "
             "instead (mnv2 plot KIND ROOT ...), or unset WANDB_MODE when online"
         )
-    from mnv2_jax.metrics import _wandb_mode
+    from mnv2_jax.train.writer import _wandb_mode
 
     if _wandb_mode("auto", timeout=5.0) != "online":
         base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")

@@ -185,7 +185,7 @@ def from_keras(model: Any) -> tuple[Any, dict]:
     import jax
     import jax.numpy as jnp
 
-    from mnv2_jax.model import create_model
+    from mnv2_jax.models.mobilenet_v2 import create_model
 
     input_shape = tuple(getattr(model, "input_shape", ()) or ())
     if len(input_shape) == 4 and input_shape[-1] != 3:
@@ -317,7 +317,7 @@ def save_imported(out_dir: str, config: Any, variables: dict, provenance: dict |
     validate_config(config)
     os.makedirs(out_dir, exist_ok=True)
     stored = json.loads(config.to_json())
-    stored["provenance"] = dict(provenance or {}, source="mnv2_jax.interop.keras")
+    stored["provenance"] = dict(provenance or {}, source="mnv2_jax.tools.interop.keras")
     state = {
         "params": jax.tree.map(np.asarray, variables["params"]),
         "batch_stats": jax.tree.map(np.asarray, variables["batch_stats"]),
@@ -349,7 +349,7 @@ def load_imported(out_dir: str) -> dict:
 def load_imported_run(out_dir: str) -> tuple[Any, dict, Any]:
     """`(module, variables, config)` of a `save_imported` directory, like `mnv2_jax.load_run`."""
     from mnv2_jax import config as config_lib
-    from mnv2_jax.checkpointing import read_config
+    from mnv2_jax.train.checkpoint import read_config
 
     config = read_config(out_dir)
     module = config_lib.model_from_config(config, config.num_classes)

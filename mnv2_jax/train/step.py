@@ -1,6 +1,6 @@
 """The compiled pieces of training: train state, train step, eval step.
 
-Pure functions of (state, batch); the loop in `mnv2_jax.train` jits them over
+Pure functions of (state, batch); the loop in `mnv2_jax.train.loop` jits them over
 a device mesh. Data parallelism is SPMD: the batch is sharded along the mesh's
 'data' axis, the state is replicated, and XLA inserts the gradient all-reduce.
 Batch norm over the global batch needs nothing more (the mean over a sharded
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnv2_jax import optim
+from mnv2_jax.train import optim
 
 PyTree = Any
 

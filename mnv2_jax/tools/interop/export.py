@@ -15,7 +15,7 @@ a representative (calibration) set.
 Why fold and not export `module.apply`: inference needs no batch norm, and
 folded convs are what TFLite fuses and what int8 quantizes per channel;
 unfolded, the converter would see separate multiply/add ops. The folded
-function uses XLA's convolution (`mnv2_jax.layers.conv_lax`), not the
+function uses XLA's convolution (`mnv2_jax.nn.layers.conv_lax`), not the
 shifted-slice depthwise kernel our CPU training uses, because the
 converter maps a convolution op to DEPTHWISE_CONV_2D but would keep nine
 strided slices, multiplies and adds as separate ops.
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mnv2_jax import layers
+from mnv2_jax.nn import layers
 from mnv2_jax.spec import Architecture
 
 FORMATS = ("tflite", "savedmodel")
@@ -60,7 +60,7 @@ def folded_apply(arch: Architecture, params: dict, x: Any) -> Any:
     """The network with batch norm folded: convs with bias, read from `arch` like the module.
 
     Returns logits, or the pooled features when `arch.num_classes == 0`.
-    Mirrors `mnv2_jax.model.InvertedResidual` (expansion and bottleneck
+    Mirrors `mnv2_jax.models.mobilenet_v2.InvertedResidual` (expansion and bottleneck
     shortcuts, ReLU6 bottleneck ablation, dilation), so any architecture the
     module builds exports.
     """
@@ -250,7 +250,7 @@ def export(
     import jax
     import jax.numpy as jnp
 
-    from mnv2_jax.interop import tflite
+    from mnv2_jax.tools.interop import tflite
 
     tf = _tf()
     images, synthetic = _calibration_images(calibration, resolution)
@@ -316,10 +316,10 @@ def calibration_from_dataset(config: Any, count: int = 256) -> np.ndarray:
 
     Real images are what int8 calibration needs: activation ranges measured
     on noise clip real activations, and agreement measured on noise says
-    little. Raises ValueError (from `mnv2_jax.data`) when the dataset is not
+    little. Raises ValueError (from `mnv2_jax.data.input_pipeline`) when the dataset is not
     available; callers may fall back to `calibration=None`.
     """
-    from mnv2_jax import data
+    from mnv2_jax.data import input_pipeline as data
 
     images: list[np.ndarray] = []
     taken = 0
@@ -337,7 +337,7 @@ def calibration_from_dataset(config: Any, count: int = 256) -> np.ndarray:
 def load_for_export(path: str) -> tuple[Any, dict, Any]:
     """`(module, variables, config)` from a run's workdir or an imported-weights directory."""
     if os.path.exists(os.path.join(path, "variables.msgpack")):
-        from mnv2_jax.interop.keras import load_imported_run
+        from mnv2_jax.tools.interop.keras import load_imported_run
 
         return load_imported_run(path)
     from mnv2_jax import load_run

@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 REQUIRED_ATTRIBUTES = ("NAME", "CONFIG", "WANDB_PROJECT", "SEEDS", "sweep")
 SWEEP_JSON = "sweep.json"
 LOG_FILE = "train.log"
-SUMMARY_FILE = "summary.json"  # written by the train loop (mnv2_jax.metrics)
+SUMMARY_FILE = "summary.json"  # written by the train loop (mnv2_jax.train.writer)
 CACHE_DIR = ".jax_cache"
 
 # Keys that are always in a run's name, with their prefixes.
@@ -404,7 +404,7 @@ def format_listing(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Train commands (shared with mnv2_jax.launch)
+# Train commands (shared with mnv2_jax.sweeps.launch)
 
 
 def format_value(value: Any) -> str:
@@ -873,12 +873,12 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         overrides = parse_override_args(extra)
 
     if command == "train":
-        from mnv2_jax import launch
+        from mnv2_jax.sweeps import launch
 
         launch.train_one_from_cli(args, overrides)
         return 0
     if command == "agent":
-        from mnv2_jax import launch
+        from mnv2_jax.sweeps import launch
 
         return launch.agent(args.sweep_id, args.workdir, count=args.count, config=args.config)
 
@@ -893,7 +893,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     if command == "run":
         code = run_sweep(sweep, args.workdir, overrides, parallel=args.parallel).exit_code
         if args.plot:
-            from mnv2_jax import analysis
+            from mnv2_jax.analysis import figures as analysis
 
             runs = analysis.load_runs([args.workdir])
             for kind in args.plot.split(","):
@@ -901,11 +901,11 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
                     print(f"wrote {path}")
         return code
     if command == "launch":
-        from mnv2_jax import launch
+        from mnv2_jax.sweeps import launch
 
         return launch.main(sweep, args, overrides)
     if command == "export-wandb":
-        from mnv2_jax import launch
+        from mnv2_jax.sweeps import launch
 
         text = launch.wandb_yaml(sweep, args.workdir or f"runs/{sweep.name}")
         if args.out:

@@ -50,8 +50,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mnv2_jax import sweeps
-from mnv2_jax.sweeps import Run, Sweep
+from mnv2_jax.sweeps import sweep_file as sweeps
+from mnv2_jax.sweeps.sweep_file import Run, Sweep
 
 REMOTE_DIR = "mnv2_sweeps"  # under the workers' $HOME
 PAYLOAD_BYTES = 16384  # broadcast size of one agent job (JSON)
@@ -278,7 +278,7 @@ def main(sweep: Sweep, args: argparse.Namespace, global_overrides: dict[str, Any
     tpus = [t.strip() for t in args.tpu.split(",") if t.strip()]
     requirement = args.package
     if requirement is None:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         requirement = package_requirement(repo, warn)
         if requirement is None:
             message = (
@@ -516,12 +516,12 @@ def train_one(
             },
         )
         if run_id:
-            # mnv2_jax.metrics reuses the id in this file: metrics go to the run the sweep created.
+            # mnv2_jax.train.writer reuses the id in this file: metrics go to the run the sweep created.
             with open(os.path.join(workdir, "wandb_run_id"), "w") as f:
                 f.write(run_id)
     print(f"sweep run {name}: {workdir}", flush=True)
     if train_fn is None:
-        from mnv2_jax.train import train_and_evaluate as train_fn
+        from mnv2_jax.train.loop import train_and_evaluate as train_fn
     return train_fn(config, workdir)
 
 
@@ -635,7 +635,7 @@ def agent(
     if process_index is None:
         import jax
 
-        from mnv2_jax.train import maybe_initialize_distributed
+        from mnv2_jax.train.loop import maybe_initialize_distributed
 
         maybe_initialize_distributed()
         process_index = jax.process_index()

@@ -1,12 +1,12 @@
 """Throughput and compile-time benchmark of the real train step and inference.
 
-The train step is `mnv2 train`'s own (`mnv2_jax.steps.make_train_step`):
+The train step is `mnv2 train`'s own (`mnv2_jax.train.step.make_train_step`):
 forward, backward, L2 weight decay, RMSProp with momentum (the slim recipe),
 batch-norm statistics update and the weight average. Inference is the eval
 forward pass (running statistics), `steps.predict`: a big batch in chunks
 on one CPU device (`steps.infer_chunk`). Images/s is the median over repeats after
 a warm-up. Compile seconds: cold is trace, lower and compile into empty caches;
-cached is what a second process pays with warm caches (`mnv2_jax.step_cache`
+cached is what a second process pays with warm caches (`mnv2_jax.train.step_cache`
 loads the compiled step instead of tracing and compiling it).
 """
 
@@ -104,9 +104,10 @@ def benchmark(
     import jax
     import jax.numpy as jnp
 
-    from mnv2_jax import allocator, optim, step_cache
+    from mnv2_jax import allocator
     from mnv2_jax import config as config_lib
-    from mnv2_jax import steps as steps_lib
+    from mnv2_jax.train import optim, step_cache
+    from mnv2_jax.train import step as steps_lib
 
     log = log or (lambda _: None)
     config = config_lib.apply_overrides(
@@ -199,7 +200,7 @@ def benchmark(
 
 def benchmark_input(resolution: int = 224, batch_size: int = 32, num_batches: int = 20) -> dict:
     """Images/s of the ImageNet-style train input pipeline alone (decode, crop, resize)."""
-    from mnv2_jax import data
+    from mnv2_jax.data import input_pipeline as data
 
     rate = data.input_benchmark_synthetic(
         resolution=resolution, batch_size=batch_size, num_batches=num_batches

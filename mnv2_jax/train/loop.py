@@ -35,8 +35,13 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnv2_jax import accounting, checkpointing, data, metrics, optim, step_cache, steps
+from mnv2_jax import accounting
 from mnv2_jax import config as config_lib
+from mnv2_jax.data import input_pipeline as data
+from mnv2_jax.train import checkpoint as checkpointing
+from mnv2_jax.train import optim, step_cache
+from mnv2_jax.train import step as steps
+from mnv2_jax.train import writer as metrics
 
 COMPLETE_KEY = "complete"
 
@@ -151,7 +156,7 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 
 # Config keys that the compiled steps do not read: runs that differ only in these share their
-# compiled steps (`mnv2_jax.step_cache`), so a seed or learning-rate sweep compiles its train step
+# compiled steps (`mnv2_jax.train.step_cache`), so a seed or learning-rate sweep compiles its train step
 # once. The data's keys reach the steps only as shapes (in the cache key anyway); the peak learning
 # rate and the weight decay only as initial values of the optimizer state (`optim.set_hyperparams`).
 # `tests/test_train.py` checks that changing all of them leaves the lowered steps unchanged.
@@ -207,7 +212,7 @@ def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
     from flax.traverse_util import flatten_dict, unflatten_dict
 
     if os.path.exists(os.path.join(path, "variables.msgpack")):
-        from mnv2_jax.interop.keras import load_imported
+        from mnv2_jax.tools.interop.keras import load_imported
 
         variables = load_imported(path)
     else:
@@ -456,7 +461,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     eval_step = _cached_eval_step(model, config, config.num_classes, replicated, batch_sharding)
     if os.path.exists(os.path.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
-        from mnv2_jax.interop.keras import load_imported
+        from mnv2_jax.tools.interop.keras import load_imported
 
         variables = jax.device_put(load_imported(workdir), replicated)
         result = evaluate(eval_step, variables, config, batch_sharding)

@@ -82,7 +82,8 @@ def load_run(workdir: str, ema: bool = True, step: int | None = None):
     `{'params': ..., 'batch_stats': ...}`.
     """
     from mnv2_jax import config as config_lib
-    from mnv2_jax import optim, steps
+    from mnv2_jax.train import optim
+    from mnv2_jax.train import step as steps
 
     config = read_config(workdir)
     num_classes = config.num_classes

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from mnv2_jax.datasets import LOCAL_DATASETS
+from mnv2_jax.data.datasets import LOCAL_DATASETS
 
 log = logging.getLogger(__name__)
 

@@ -94,10 +94,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from mnv2_jax import bench
+    from mnv2_jax.tools import bench
 
     if args.tflite:
-        from mnv2_jax.interop import tflite
+        from mnv2_jax.tools.interop import tflite
 
         result = tflite.benchmark(args.tflite, threads=args.threads, repeats=args.repeats)
     elif args.input:
@@ -128,7 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     from mnv2_jax import config as config_lib
-    from mnv2_jax import train
+    from mnv2_jax.train import loop as train
 
     config = config_lib.load_config(args.config)
     config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
@@ -136,14 +136,14 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from mnv2_jax import train
+    from mnv2_jax.train import loop as train
 
     result = train.evaluate_workdir(args.workdir, step=args.step)
     print(json.dumps(result, indent=None if args.json else 2))
 
 
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> None:
-    from mnv2_jax import sweeps
+    from mnv2_jax.sweeps import sweep_file as sweeps
 
     code = sweeps.main(args, extra)
     if code:
@@ -151,13 +151,13 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from mnv2_jax import analysis
+    from mnv2_jax.analysis import figures as analysis
 
     analysis.main(args)  # AnalysisError is a ValueError: one line on stderr, exit 2
 
 
 def cmd_import_keras(args: argparse.Namespace) -> None:
-    from mnv2_jax.interop import keras as keras_interop
+    from mnv2_jax.tools.interop import keras as keras_interop
 
     try:
         out = keras_interop.import_keras_weights(
@@ -173,7 +173,7 @@ def cmd_import_keras(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mnv2_jax.interop import export
+    from mnv2_jax.tools.interop import export
 
     module, variables, config = export.load_for_export(args.workdir)
     resolution = args.resolution or config.resolution
@@ -209,7 +209,8 @@ def _split_arg(text: str) -> int | tuple[int, ...]:
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
-    from mnv2_jax import memory, spec
+    from mnv2_jax import spec
+    from mnv2_jax.tools import memory
 
     width = 1.0 if args.width is None else args.width
     resolution = 224 if args.resolution is None else args.resolution
@@ -303,12 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    from mnv2_jax import sweeps  # standard library only at import: the parser stays instant
+    from mnv2_jax.sweeps import (
+        sweep_file as sweeps,  # standard library only at import: the parser stays instant
+    )
 
     p = sweeps.add_parser(sub)
     p.set_defaults(func=cmd_sweep, takes_extra=True)
 
-    from mnv2_jax import analysis  # standard library only at import, like sweeps
+    from mnv2_jax.analysis import figures as analysis  # standard library only at import, like sweeps
 
     p = analysis.add_parser(sub)
     p.set_defaults(func=cmd_plot)
