@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
         "grad_clip_norm",
     ):
         c.optim[key] = ml_collections.config_dict.placeholder(float)
+    c.optim.lr_decay = ml_collections.config_dict.placeholder(str)  # 'staircase' | 'cosine'
 
     # Bookkeeping.
     c.log_every_steps = 100

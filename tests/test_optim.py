@@ -175,6 +175,28 @@ def test_schedule_values():
     assert float(sched(156000)) == pytest.approx(peak * 0.96**200, rel=1e-4)
 
 
+def test_cosine_schedule_after_the_warm_up_reaches_zero_at_the_last_step():
+    # 10 steps per epoch, 2 warm-up epochs, 120 steps: ramp over 20 steps, then a half cosine over 100.
+    config = _config("slim", 96, lr=0.1, lr_decay="cosine", warmup_epochs=2.0)
+    config.total_steps = 120
+    sched = optim.learning_rate_schedule(config, 10)
+    assert float(sched(0)) == 0.0 and float(sched(10)) == pytest.approx(0.05)
+    assert float(sched(20)) == pytest.approx(0.1)
+    assert float(sched(70)) == pytest.approx(0.05, rel=1e-5)  # halfway down
+    assert float(sched(120)) == pytest.approx(0.0, abs=1e-9) and float(sched(500)) == pytest.approx(
+        0.0, abs=1e-9
+    )
+    # The horizon is compiled into the step, so it is part of the step's cache key; not for the staircase.
+    assert optim.compiled_schedule_key(config, 10) == {"schedule_steps": 120}
+    config.total_steps, config.total_epochs = None, 3.5
+    assert optim.compiled_schedule_key(config, 10) == {"schedule_steps": 35}
+    assert optim.compiled_schedule_key(_config("slim", 96), 10) == {}
+    with pytest.raises(ValueError, match=r"optim.lr_decay.*staircase.*cosine.*'linear'"):
+        optim.resolve_optim(_config("slim", 96, lr_decay="linear"))
+    with pytest.raises(ValueError, match="cosine.*total_steps or total_epochs"):
+        optim.learning_rate_schedule(_config("slim", 96, lr_decay="cosine"), 10)
+
+
 def test_current_learning_rate_follows_the_schedule():
     config = _config("tpu", 256)
     tx = optim.create_optimizer(config, 2)

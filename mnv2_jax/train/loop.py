@@ -328,7 +328,12 @@ def train_and_evaluate(
             model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"], bn_groups=groups
         ),
         name="train_step",
-        key=step_cache_key(config, num_classes=num_classes, steps_per_epoch=steps_per_epoch),
+        key=step_cache_key(
+            config,
+            num_classes=num_classes,
+            steps_per_epoch=steps_per_epoch,
+            **optim.compiled_schedule_key(config, steps_per_epoch),
+        ),
         in_shardings=(replicated, batch_sharding),
         out_sharding=replicated,
         donate_argnums=(0,),

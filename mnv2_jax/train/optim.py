@@ -32,6 +32,9 @@ differ only in them trace to the same XLA program -- one jit trace inside a
 process (`set_hyperparams`), and persistent-compilation-cache hits across
 processes. The schedule's *shape* (warm-up, decay rate, decay period in
 steps) is compiled in; it changes with the batch size, which recompiles anyway.
+A cosine decay (`lr_decay='cosine'`, for short runs on small datasets) also
+compiles in the run's length, which therefore keys the compiled train step
+(`compiled_schedule_key`).
 
 The exponential moving average for evaluation (`ema_update`) is a pure
 function on any pytree (weights and batch-norm statistics together), with TF's
@@ -48,11 +51,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+LR_DECAYS = ("staircase", "cosine")  # the values of `lr_decay`
+
 # Every key a config's `optim` sub-dict may set; None there means "the recipe's value".
 RECIPES: dict[str, dict[str, Any]] = {
     "slim": {
         "lr": 0.045,  # at lr_reference_batch; scaled linearly with the global batch
         "lr_reference_batch": 96,
+        "lr_decay": "staircase",  # or "cosine" (see `_schedule_shape`)
         "lr_decay_rate": 0.98,
         "lr_decay_epochs": 2.5,
         "warmup_epochs": 0.0,
@@ -68,6 +74,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tpu": {
         "lr": 0.008,
         "lr_reference_batch": 128,
+        "lr_decay": "staircase",  # or "cosine" (see `_schedule_shape`)
         "lr_decay_rate": 0.96,
         "lr_decay_epochs": 2.5,
         "warmup_epochs": 5.0,
@@ -101,6 +108,10 @@ def resolve_optim(config: Any) -> dict[str, Any]:
             raise ValueError(f"unknown key optim.{key}; known keys: {sorted(resolved)}")
         if value is not None:
             resolved[key] = value
+    if resolved["lr_decay"] not in LR_DECAYS:
+        raise ValueError(
+            f"config key 'optim.lr_decay': must be one of {LR_DECAYS}, got {resolved['lr_decay']!r}"
+        )
     return resolved
 
 
@@ -110,36 +121,69 @@ def scaled_learning_rate(config: Any) -> float:
     return float(opt["lr"]) * config.batch_size / opt["lr_reference_batch"]
 
 
-def _schedule_shape(opt: Mapping[str, Any], steps_per_epoch: float) -> optax.Schedule:
+def schedule_steps(config: Any, steps_per_epoch: float) -> int | None:
+    """The run's length in updates: `total_steps`, else ceil(`total_epochs` x steps per epoch)
+    (as the train loop counts them); None when the config sets neither."""
+    if config.get("total_steps", None) is not None:
+        return int(config.total_steps)
+    if config.get("total_epochs", None) is not None:
+        return max(1, math.ceil(config.total_epochs * steps_per_epoch))
+    return None
+
+
+def _schedule_shape(
+    opt: Mapping[str, Any], steps_per_epoch: float, total_steps: int | None
+) -> optax.Schedule:
     """The learning-rate schedule divided by its peak value: a unitless factor of the step count.
 
-    Staircase exponential decay ``rate ** floor(count / decay_steps)`` with
-    ``decay_steps = int(lr_decay_epochs * steps_per_epoch)``. Pass
-    `steps_per_epoch` = num_examples / batch (a float) to get TF-Slim's
-    ``int(num_samples * 2.5 / batch)``, or num_examples // batch to get Model
-    Garden's ``int(2.5 * steps_per_epoch)`` (780 at batch 4096).
+    `lr_decay` = ``staircase`` (both recipes): exponential decay
+    ``rate ** floor(count / decay_steps)`` with ``decay_steps = int(lr_decay_epochs
+    * steps_per_epoch)``. Pass `steps_per_epoch` = num_examples / batch (a float) to
+    get TF-Slim's ``int(num_samples * 2.5 / batch)``, or num_examples // batch to
+    get Model Garden's ``int(2.5 * steps_per_epoch)`` (780 at batch 4096).
+
+    `lr_decay` = ``cosine``: ``0.5 * (1 + cos(pi * t))`` with t going from 0 at
+    the end of the warm-up to 1 at `total_steps` (the factor reaches 0 there);
+    `lr_decay_rate` and `lr_decay_epochs` are not used. The usual choice for a
+    short run on a small dataset, where a few staircase steps would leave the
+    learning rate high at the end.
 
     Warm-up (Model Garden's `LinearWarmup` with `warmup_learning_rate=0`): for
     ``count < warmup_steps`` the factor rises linearly from 0 towards the decayed
-    value *at* ``warmup_steps``; afterwards the decay is evaluated at the global
-    step (not restarted at the end of the warm-up). `count` is the number of
-    updates already applied, so the very first update of a warm-up uses 0.
+    value *at* ``warmup_steps`` (for cosine: 1); afterwards the decay is evaluated
+    at the global step (not restarted at the end of the warm-up). `count` is the
+    number of updates already applied, so the very first update of a warm-up uses 0.
     """
+    kind = opt["lr_decay"]
     decay_steps = max(1, int(opt["lr_decay_epochs"] * steps_per_epoch))
     warmup_steps = int(opt["warmup_epochs"] * steps_per_epoch)
     rate = float(opt["lr_decay_rate"])
+    if kind == "cosine" and total_steps is None:
+        raise ValueError("optim.lr_decay='cosine' needs the run's length: set total_steps or total_epochs")
+    cosine_steps = max(1, (total_steps or 0) - warmup_steps)
 
     def decayed(count: jax.Array) -> jax.Array:
+        if kind == "cosine":
+            t = jnp.clip((count - warmup_steps) / cosine_steps, 0.0, 1.0)
+            return 0.5 * (1.0 + jnp.cos(jnp.pi * t))
         return jnp.power(rate, jnp.floor(count / decay_steps))
 
     def shape(count: jax.typing.ArrayLike) -> jax.Array:
         count = jnp.asarray(count, jnp.float32)
         if warmup_steps <= 0:
             return decayed(count)
-        at_warmup_end = rate ** math.floor(warmup_steps / decay_steps)
+        at_warmup_end = 1.0 if kind == "cosine" else rate ** math.floor(warmup_steps / decay_steps)
         return jnp.where(count < warmup_steps, count / warmup_steps * at_warmup_end, decayed(count))
 
     return shape
+
+
+def compiled_schedule_key(config: Any, steps_per_epoch: float) -> dict[str, Any]:
+    """What the compiled schedule depends on besides the config keys that reach the train step:
+    the run's length for a cosine decay (it is compiled in), nothing for the staircase."""
+    if resolve_optim(config)["lr_decay"] == "cosine":
+        return {"schedule_steps": schedule_steps(config, steps_per_epoch)}
+    return {}
 
 
 def learning_rate_schedule(config: Any, steps_per_epoch: float) -> optax.Schedule:
@@ -150,7 +194,7 @@ def learning_rate_schedule(config: Any, steps_per_epoch: float) -> optax.Schedul
     checks -- read the live value with `current_learning_rate`.
     """
     peak = scaled_learning_rate(config)
-    shape = _schedule_shape(resolve_optim(config), steps_per_epoch)
+    shape = _schedule_shape(resolve_optim(config), steps_per_epoch, schedule_steps(config, steps_per_epoch))
     return lambda count: peak * shape(count)
 
 
@@ -193,7 +237,7 @@ def create_optimizer(config: Any, steps_per_epoch: float) -> optax.GradientTrans
     regulariser.
     """
     opt = resolve_optim(config)
-    shape = _schedule_shape(opt, steps_per_epoch)
+    shape = _schedule_shape(opt, steps_per_epoch, schedule_steps(config, steps_per_epoch))
     momentum = float(opt["momentum"]) or None
     clip = opt["grad_clip_norm"]
 
