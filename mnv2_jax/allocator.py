@@ -113,7 +113,7 @@ def maybe_reexec(argv: list[str]) -> None:
 # step's are handed back, and jemalloc keeps both (peak RSS 10.4-10.8 GiB
 # against 5.9 GiB at 1.0/224 batch 32 in most runs, when that step needed 4.48
 # GiB of temporaries; one allocator arena did not prevent it). So a CPU step
-# that will not fit gets a warning naming a smaller batch (`step_cache`).
+# that will not fit gets a warning naming a batch size that would (`host_memory_warning`).
 #
 # XLA's memory-minimising scheduler (XLA_FLAGS=
 # --xla_cpu_enable_concurrency_optimized_scheduler=false, read only at process
@@ -164,3 +164,71 @@ def too_big_for_host(compiled: object, available: int | None = None) -> bool:
     available = available_host_bytes() if available is None else available
     need = step_heap_bytes(compiled)
     return available is not None and need is not None and need > FIT_FRACTION * available
+
+
+def _heap_parts(compiled: object, environ: Mapping[str, str] | None = None) -> tuple[float, float] | None:
+    """(fixed bytes, bytes that scale with the batch) of `step_heap_bytes`, or None.
+
+    The temporaries (activations and their gradients) are taken to scale with the batch and the
+    arguments and outputs (the train state, plus the batch itself) not to: at a smaller batch
+    this overstates the fixed part by the input images, a small error on the safe side.
+    """
+    try:
+        analysis = compiled.memory_analysis()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 -- not every backend/version has it
+        return None
+    if analysis is None:
+        return None
+    factor = HEAP_FACTOR.get(describe(environ), 1.0)
+    fixed = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+    return float(fixed), float(factor * analysis.temp_size_in_bytes)
+
+
+def fitting_batch(
+    compiled: object, batch_size: int, available: int | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[int, int] | None:
+    """The largest of batch_size / 2, / 4, ... whose estimated heap fits in FIT_FRACTION of the
+    available host memory, with that estimate in bytes: `(batch, bytes)`; None when not even a
+    batch of 1 would fit or nothing is known. `compiled` is the step compiled at `batch_size`.
+    """
+    parts = _heap_parts(compiled, environ)
+    available = available_host_bytes() if available is None else available
+    if parts is None or available is None or batch_size < 1:
+        return None
+    fixed, scaled = parts
+    batch = batch_size
+    while batch > 1:
+        batch //= 2
+        need = fixed + scaled * batch / batch_size
+        if need <= FIT_FRACTION * available:
+            return batch, int(need)
+    return None
+
+
+def host_memory_warning(
+    compiled: object, name: str, batch_size: int | None = None, available: int | None = None
+) -> str | None:
+    """On CPU, a warning when the step `compiled` (named `name`, compiled for a global batch of
+    `batch_size`) will not fit in host memory, naming a batch size that is estimated to fit;
+    None when it fits or nothing is known."""
+    available = available_host_bytes() if available is None else available
+    if not too_big_for_host(compiled, available):
+        return None
+    need = step_heap_bytes(compiled) or 0
+    message = (
+        f"{name}: WARNING: needs about {need / 2**30:.1f} GiB of host memory, more than "
+        f"{FIT_FRACTION:.0%} of the {(available or 0) / 2**30:.1f} GiB available; the process may be "
+        "killed for memory."
+    )
+    if batch_size is None:
+        return message + " A smaller batch size needs less."
+    fits = fitting_batch(compiled, batch_size, available)
+    if fits is None:
+        return (
+            message + f" Not even batch size 1 is estimated to fit (this step has batch size {batch_size})."
+        )
+    batch, estimate = fits
+    return message + (
+        f" batch_size={batch} should fit (about {estimate / 2**30:.1f} GiB, scaling this step's "
+        f"temporaries from batch size {batch_size})."
+    )

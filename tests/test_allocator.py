@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,3 +109,30 @@ def test_the_heap_a_step_needs_counts_a_second_step_of_temporaries_under_jemallo
     assert allocator.step_heap_bytes(SimpleNamespace(memory_analysis=lambda: None), {}) is None
     assert allocator.too_big_for_host(compiled, available=10**9) is False
     assert allocator.too_big_for_host(compiled, available=1000) is True
+
+
+def test_a_step_too_big_for_host_memory_names_a_batch_size_estimated_to_fit():
+    from types import SimpleNamespace
+
+    gib = 2**30
+    # 1 GiB of state in and out, 8 GiB of temporaries at batch 256 (16 GiB under jemalloc).
+    analysis = SimpleNamespace(
+        argument_size_in_bytes=gib // 2, output_size_in_bytes=gib // 2, temp_size_in_bytes=8 * gib
+    )
+    compiled = SimpleNamespace(memory_analysis=lambda: analysis)
+    system, jemalloc = {}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}
+    # 6 GiB available, 5.4 GiB usable: batch 128 needs 1 + 4 = 5 GiB under glibc, 1 + 8 under jemalloc.
+    assert allocator.fitting_batch(compiled, 256, available=6 * gib, environ=system) == (128, 5 * gib)
+    assert allocator.fitting_batch(compiled, 256, available=6 * gib, environ=jemalloc) == (64, 5 * gib)
+    assert allocator.fitting_batch(compiled, 256, available=gib, environ=system) is None  # state alone: 1 GiB
+    assert allocator.fitting_batch(SimpleNamespace(memory_analysis=lambda: None), 256, available=gib) is None
+    # The warning names it (64 or 128: whether this process runs under jemalloc) ...
+    warning = allocator.host_memory_warning(compiled, "train_step", batch_size=256, available=6 * gib)
+    assert re.search(
+        r"^train_step: WARNING: needs about (9|17)\.0 GiB .* batch_size=(128|64) should fit", warning
+    )
+    # ... says so when nothing would fit, and says nothing when the step fits.
+    assert "Not even batch size 1" in allocator.host_memory_warning(
+        compiled, "s", batch_size=256, available=gib
+    )
+    assert allocator.host_memory_warning(compiled, "s", batch_size=256, available=64 * gib) is None

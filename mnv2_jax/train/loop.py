@@ -246,6 +246,7 @@ def _cached_eval_step(model, config, num_classes, replicated, batch_sharding, lo
         in_shardings=(replicated, batch_sharding),
         out_sharding=replicated,
         log=log,
+        batch_size=config.eval_batch_size or config.batch_size,
     )
 
 
@@ -338,6 +339,7 @@ def train_and_evaluate(
         out_sharding=replicated,
         donate_argnums=(0,),
         log=log,
+        batch_size=config.batch_size,
     )
     reset = jax.jit(steps.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
     eval_step = _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log)

@@ -176,7 +176,8 @@ class CachedFunction:
     the train step: the config, the class count, the steps per epoch).
     `in_shardings` has one sharding (or None) per positional argument and
     `out_sharding` one for every output. `cache_dir=True` uses
-    `default_cache_dir()`; None or False is plain `jax.jit`.
+    `default_cache_dir()`; None or False is plain `jax.jit`. `batch_size` (the global batch
+    the step is compiled for) lets a step too big for host memory name a batch size that fits.
     """
 
     def __init__(
@@ -190,6 +191,7 @@ class CachedFunction:
         donate_argnums: Sequence[int] = (),
         cache_dir: str | None | bool = True,
         log: Callable[[str], None] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -199,6 +201,7 @@ class CachedFunction:
         self.donate_argnums = tuple(donate_argnums)
         self.cache_dir = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.log = log or (lambda _: None)
+        self.batch_size = batch_size  # the global batch it is compiled for: names one that fits memory
         self._entries: dict[Any, _Entry] = {}
         self._last: tuple[Any, _Entry] | None = None  # (input tree, its entry) of the last call
         self.last_source: str | None = None
@@ -317,15 +320,11 @@ class CachedFunction:
         return _Entry(compiled, box["out_tree"], source)
 
     def _check_fits(self, compiled: Any) -> None:
-        """On CPU, warn when the step will not fit in host memory
-        (`allocator.too_big_for_host`) and say what would."""
-        if allocator.too_big_for_host(compiled):
-            need = allocator.step_heap_bytes(compiled) or 0
-            self.log(
-                f"{self.name}: WARNING: needs about {need / 2**30:.1f} GiB of host memory, more than "
-                f"{allocator.FIT_FRACTION:.0%} of the {(allocator.available_host_bytes() or 0) / 2**30:.1f} GiB "
-                f"available; the process may be killed for memory. A smaller batch size fits."
-            )
+        """On CPU, warn when the step will not fit in host memory and name a batch size that
+        would (`allocator.host_memory_warning`)."""
+        warning = allocator.host_memory_warning(compiled, self.name, self.batch_size)
+        if warning:
+            self.log(warning)
 
     def _flat_fn(self, in_tree: Any, box: dict) -> Callable:
         def flat(*flat_args):
