@@ -211,9 +211,16 @@ def test_resume_with_a_different_config_is_refused(base_run, tmp_path, data_dir)
     assert checkpoint_steps(workdir) == [10, 20, 30]
 
 
-def test_more_total_steps_extends_the_run(base_run, tmp_path, data_dir):
+def test_more_total_steps_extends_the_run(base_run, tmp_path, data_dir, capsys):
     workdir = copy_run(base_run, tmp_path)
+    capsys.readouterr()
     summary = train.train_and_evaluate(make_config(data_dir, total_steps=40), workdir)
+    # The console: the compile announced and timed, then the step line with its time left.
+    out = capsys.readouterr().out.splitlines()
+    compiling = [i for i, line in enumerate(out) if line.startswith("compiling the train step")]
+    assert len(compiling) == 2 and out[compiling[0]] == "compiling the train step ..."
+    assert re.match(r"compiling the train step: done in \d+\.\d s \(", out[compiling[1]]), out
+    assert any(re.match(r"step +40/40  loss \d\.\d{4} +\d+\.\d img/s  ETA 00:00$", line) for line in out), out
     assert summary["complete"] and summary["step"] == 40 and summary["total_steps"] == 40
     records = metrics.read_metrics(workdir)
     assert [r["step"] for r in records] == [10, 20, 30, 40]

@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from mnv2_jax import accounting
 from mnv2_jax import config as config_lib
+from mnv2_jax import progress as console
 from mnv2_jax.data import input_pipeline as data
 from mnv2_jax.train import checkpoint as checkpointing
 from mnv2_jax.train import optim, step_cache
@@ -168,6 +169,14 @@ _NOT_READ_BY_STEPS = (
 )  # fmt: skip
 
 
+# What `step_cache.CachedFunction.compile` did, in the words of the console line after the compile.
+_COMPILE_SOURCES = {
+    "disk": "loaded from the step cache",
+    "compiled": "kept in the step cache",
+    "jit": "not kept: step cache off",
+}
+
+
 def step_cache_key(config: ml_collections.ConfigDict, **extra: Any) -> dict:
     """What the compiled steps depend on: the config (less `_NOT_READ_BY_STEPS`) and `extra`."""
     values = json.loads(config.to_json())
@@ -191,10 +200,20 @@ def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def evaluate(eval_step, variables, config: ml_collections.ConfigDict, sharding: NamedSharding) -> dict:
-    """Loss, top-1 and top-5 over every example of the eval split (exactly once)."""
+def evaluate(
+    eval_step, variables, config: ml_collections.ConfigDict, sharding: NamedSharding, show: bool = False
+) -> dict:
+    """Loss, top-1 and top-5 over every example of the eval split (exactly once).
+
+    `show`: a bar over the eval batches on a terminal when they take more than a few seconds."""
     totals = None
-    for local in data.eval_iterator(config):
+    batches = data.eval_iterator(config)
+    if show and console.interactive():
+        examples = data.dataset_info(config).num_eval_examples
+        batch = config.eval_batch_size or config.batch_size
+        total = -(-examples // batch) if examples else None
+        batches = console.track(batches, "eval", total=total, unit="batch")
+    for local in batches:
         sums = eval_step(variables, _global_batch(local, sharding))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -340,6 +359,7 @@ def train_and_evaluate(
         donate_argnums=(0,),
         log=log,
         batch_size=config.batch_size,
+        quiet=True,  # the loop announces its compile (`progress.compiling`)
     )
     reset = jax.jit(steps.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
     eval_step = _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log)
@@ -353,12 +373,13 @@ def train_and_evaluate(
         for prefix, ema in (("eval", False), ("eval_ema", True)):
             if ema and not opt["ema_decay"]:
                 continue
-            result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
+            result = evaluate(
+                eval_step, steps.eval_variables(state, ema), config, batch_sharding, show=progress.enabled
+            )
             values.update({f"{prefix}/{k}": v for k, v in result.items() if k != "examples"})
         values["eval/time_sec"] = time.time() - t0
-        if is_main and config.progress:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "time" not in k)
-            print(f"eval at step {step}: {shown}", flush=True)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "time" not in k)
+        progress.say(f"eval at step {step}: {shown}")
         return values
 
     pending: list[tuple[int, Any]] = []  # (step, finite flag) not yet checked
@@ -388,8 +409,14 @@ def train_and_evaluate(
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
                 profiling = True
             batch = _global_batch(next(train_iter), batch_sharding)
+            if not progress.clock.started:  # compile first, so that no rate or ETA includes it
+                with progress.compiling("the train step") as shown:
+                    shown["note"] = _COMPILE_SOURCES.get(train_step.compile(state, batch))
+                last_log_time = time.time()
+                progress.start(step)
             state, step_metrics = train_step(state, batch)
             step += 1
+            progress.advance(step)
             pending.append((step, step_metrics["finite"]))
             if profiling and step == start_step + 7:
                 jax.block_until_ready(state)
@@ -432,9 +459,7 @@ def train_and_evaluate(
             if preempted:
                 checkpointer.wait()
                 if is_main:
-                    print(
-                        f"SIGTERM: checkpoint at step {step} written; rerun the command to resume", flush=True
-                    )
+                    console.say(f"SIGTERM: checkpoint at step {step} written; rerun the command to resume")
                 raise Preempted(143)
         checkpointer.wait()
         if start_step >= n_steps and is_main:
@@ -445,6 +470,7 @@ def train_and_evaluate(
         return summary
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        progress.close()
         checkpointer.wait()
         checkpointer.close()
         writer.close()
@@ -482,6 +508,6 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     state = jax.device_put(state, replicated)
     out: dict[str, Any] = {"workdir": workdir, "step": int(state.step), "dataset": config.dataset}
     for prefix, ema in (("eval", False), ("eval_ema", True)):
-        result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
+        result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding, show=True)
         out.update({f"{prefix}/{k}": v for k, v in result.items()})
     return out

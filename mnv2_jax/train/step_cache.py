@@ -177,7 +177,8 @@ class CachedFunction:
     `in_shardings` has one sharding (or None) per positional argument and
     `out_sharding` one for every output. `cache_dir=True` uses
     `default_cache_dir()`; None or False is plain `jax.jit`. `batch_size` (the global batch
-    the step is compiled for) lets a step too big for host memory name a batch size that fits.
+    the step is compiled for) lets a step too big for host memory name a batch size that fits;
+    `quiet` leaves out the "ready in" line, for a caller that announces the compile itself.
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class CachedFunction:
         cache_dir: str | None | bool = True,
         log: Callable[[str], None] | None = None,
         batch_size: int | None = None,
+        quiet: bool = False,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -202,6 +204,7 @@ class CachedFunction:
         self.cache_dir = default_cache_dir() if cache_dir is True else (cache_dir or None)
         self.log = log or (lambda _: None)
         self.batch_size = batch_size  # the global batch it is compiled for: names one that fits memory
+        self.quiet = quiet  # no "ready in" line (the caller announces the compile); warnings still
         self._entries: dict[Any, _Entry] = {}
         self._last: tuple[Any, _Entry] | None = None  # (input tree, its entry) of the last call
         self.last_source: str | None = None
@@ -286,7 +289,8 @@ class CachedFunction:
                 entry = self._jit(leaves, in_tree, jit_kwargs, start, keep_at=(path, digest))
             else:
                 self._check_fits(entry.compiled)
-                self.log(f"{self.name} ready in {time.perf_counter() - start:.1f} s (loaded {path.name})")
+                if not self.quiet:
+                    self.log(f"{self.name} ready in {time.perf_counter() - start:.1f} s (loaded {path.name})")
         self.last_source = entry.source
         return entry
 
@@ -316,7 +320,8 @@ class CachedFunction:
                 )
             elif self._store(*keep_at, compiled, box["out_tree"]):
                 source = "compiled"
-        self.log(f"{self.name} ready in {time.perf_counter() - start:.1f} s ({source})")
+        if not self.quiet:
+            self.log(f"{self.name} ready in {time.perf_counter() - start:.1f} s ({source})")
         return _Entry(compiled, box["out_tree"], source)
 
     def _check_fits(self, compiled: Any) -> None:

@@ -12,10 +12,11 @@ import json
 import math
 import os
 import sys
-import time
 import urllib.request
 import uuid
 from typing import Any
+
+from mnv2_jax import progress
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -167,19 +168,52 @@ class MetricWriter:
 
 
 class Progress:
-    """One console line per log step: step, loss, images/s, ETA."""
+    """The console side of a training run (never its files): a line around the compile, one
+    line per log step (step, loss, images/s, time left) and, on a terminal, a live bar.
+
+    Rates and time left are measured from the end of the compile (`start`), so the first
+    ones are those of steady training; durations do not wrap at 24 hours.
+    """
 
     def __init__(self, total_steps: int, enabled: bool = True):
         self.total = total_steps
         self.enabled = enabled
-        self.start = time.time()
+        self.clock = progress.RateClock(total_steps)
+        self.bar: Any = None
+
+    def compiling(self, what: str = "the train step"):
+        """Context manager: 'compiling the train step ...', then how long it took."""
+        return progress.phase(f"compiling {what}", enabled=self.enabled)
+
+    def start(self, step: int) -> None:
+        """Training proper starts at `step` (the compile is done): start the clock and the bar."""
+        self.clock.start(step)
+        if self.enabled and self.bar is None:
+            self.bar = progress.bar(self.total, "train", unit="step", initial=step)
+
+    def advance(self, step: int) -> None:
+        """Move the bar to `step` (cheap: call it every step)."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
 
     def __call__(self, step: int, loss: float, images_per_sec: float, steps_per_sec: float) -> None:
         if not self.enabled:
             return
-        remaining = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if math.isfinite(remaining) else "?"
-        print(
-            f"step {step:>7}/{self.total}  loss {loss:.4f}  {images_per_sec:8.1f} img/s  ETA {eta}",
-            flush=True,
+        _, remaining = self.clock.update(step)
+        if self.bar is not None:
+            self.advance(step)
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_sec:.1f}", refresh=False)
+        progress.say(
+            f"step {step:>7}/{self.total}  loss {loss:.4f}  {images_per_sec:8.1f} img/s  "
+            f"ETA {progress.format_duration(remaining)}"
         )
+
+    def say(self, message: str) -> None:
+        """A line of the run's own (eval results, resuming, ...) above the bar."""
+        if self.enabled:
+            progress.say(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
