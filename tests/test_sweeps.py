@@ -300,6 +300,9 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     report = lines[-1]
     assert failed_log in report and "ValueError: no dataset fail_me" in report
     assert any(line.startswith("[") and "done w0.35_r32_t6_s0" in line for line in lines)
+    # Progress: which run, k of N, as each starts; elapsed (and time left while runs remain) as each ends.
+    assert sorted(line.split()[0] for line in lines if " start " in line) == ["[1/3]", "[2/3]", "[3/3]"]
+    assert all("; elapsed " in line for line in lines if " done " in line)
 
     # The command each run got: run overrides, global overrides, wandb group/name/tags, the cache.
     call = calls(root / "w0.35_r32_t6_s0")[0]
@@ -387,7 +390,7 @@ def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, mon
     )
     assert result.done == [r.name for r in sweep.runs] and result.exit_code == 0
     assert json.loads((first / "summary.json").read_text())["resumed"] is True
-    assert any(line == f"resume {sweep.runs[0].name}" for line in lines)
+    assert any(line.startswith(f"[1/2] resume {sweep.runs[0].name}") for line in lines)
 
 
 def test_cli_run_exit_code(tmp_path, fake_train, monkeypatch):

@@ -540,6 +540,19 @@ def _last_line(path: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _progress_line(path: str) -> str:
+    """The last progress line a run's train.log holds ("step 120/200 ... ETA 00:41", "compiling ...")."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()[-50:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith(("step ", "eval at", "compiling", "resuming")):
+            return " ".join(line.split())[:70]
+    return "starting"
+
+
 @dataclasses.dataclass
 class SweepResult:
     """What a local sweep invocation did; `exit_code` is non-zero if a run failed or it was stopped."""
@@ -578,7 +591,7 @@ def run_sweep(
     *,
     command_prefix: Sequence[str] | None = None,
     env: dict[str, str] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
     poll_interval: float = 0.5,
     stop_timeout: float = 600.0,
 ) -> SweepResult:
@@ -586,7 +599,13 @@ def run_sweep(
 
     `command_prefix` replaces `python -m mnv2_jax` (tests use a fake trainer). Completed runs
     are skipped; the others start (or resume: the train command resumes a workdir by itself).
+    Progress: a line as each run starts and ends (k of N, elapsed, time left); with the default
+    `log` (the console) on a terminal also a live bar showing the running runs' last log lines.
     """
+    from mnv2_jax import progress
+
+    console = log is None
+    log = progress.say if log is None else log
     global_overrides = dict(global_overrides or {})
     validate_global_overrides(sweep, global_overrides)
     if parallel < 1:
@@ -637,12 +656,31 @@ def run_sweep(
 
     durations: list[float] = []
     finished = len(result.skipped)
+    started = len(result.skipped)
+    shown = progress.bar(result.total, f"sweep {sweep.name}", unit="run", initial=finished, enabled=console)
+
+    def eta() -> str:
+        if not durations:
+            return ""
+        left = len(pending) + len(running)
+        return f", ETA {_duration(sum(durations) / len(durations) * left / parallel)}" if left else ""
+
     try:
         while (pending and stop["signal"] is None) or running:
             while pending and len(running) < parallel and stop["signal"] is None:
                 run = pending.pop(0)
-                running.append(_start(sweep, run, root, global_overrides, prefix, child_env, log))
+                started += 1
+                elapsed = time.time() - start
+                timing = f" (elapsed {_duration(elapsed)}{eta()})" if elapsed >= 1 else ""
+                counter = f"[{started}/{result.total}] "
+                running.append(
+                    _start(sweep, run, root, global_overrides, prefix, child_env, log, counter, timing)
+                )
             time.sleep(poll_interval)
+            if not shown.disable:  # what the running runs print last ("step 120/200 ... ETA 00:41")
+                shown.set_description_str(
+                    "; ".join(f"{r.run.name}: {_progress_line(r.log_path)}" for r in running) or sweep.name
+                )
             if stop["signal"] is not None:
                 _stop_all(running, stop_timeout, log)
             for item in [r for r in running if r.process.poll() is not None]:
@@ -654,15 +692,15 @@ def run_sweep(
                 finished += 1
                 if rc == 0 and is_complete(workdir):
                     result.done.append(item.run.name)
+                    shown.update(1)
                     durations.append(seconds)
                     summary = read_summary(workdir) or {}
                     top1 = summary.get("eval_ema/top1", summary.get("eval/top1"))
-                    shown = f", eval top-1 {top1:.4f}" if isinstance(top1, (int, float)) else ""
-                    left = len(pending) + len(running)
-                    eta = sum(durations) / len(durations) * left / parallel
+                    top1_text = f", eval top-1 {top1:.4f}" if isinstance(top1, (int, float)) else ""
                     log(
-                        f"[{finished}/{result.total}] done {item.run.name} in {_duration(seconds)}{shown}"
-                        + (f", ETA {_duration(eta)}" if left and stop["signal"] is None else "")
+                        f"[{finished}/{result.total}] done {item.run.name} in {_duration(seconds)}{top1_text}; "
+                        f"elapsed {_duration(time.time() - start)}"
+                        + (eta() if stop["signal"] is None else "")
                     )
                 elif stop["signal"] is not None:
                     finished -= 1
@@ -672,11 +710,13 @@ def run_sweep(
                     if rc == 0:
                         rc = -1  # exited 0 without a complete summary: count it as a failure
                     result.failed.append((item.run.name, rc, item.log_path))
+                    shown.update(1)
                     log(
                         f"[{finished}/{result.total}] FAILED {item.run.name} (exit {rc}) after "
                         f"{_duration(seconds)}; log: {item.log_path}"
                     )
     finally:
+        shown.close()
         for item in running:  # only on an unexpected error in this loop
             _signal_group(item.process, signal.SIGTERM)
         for signum, handler in handlers.items():
@@ -696,6 +736,8 @@ def _start(
     prefix: list[str],
     env: dict[str, str],
     log: Callable[[str], None],
+    counter: str = "",
+    note: str = "",
 ) -> _Running:
     workdir = os.path.join(root, run.name)
     resuming = any(os.path.exists(os.path.join(workdir, f)) for f in ("config.json", "checkpoints"))
@@ -716,7 +758,7 @@ def _start(
         env=env,
         start_new_session=True,
     )
-    log(f"{'resume' if resuming else 'start'} {run.name}")
+    log(f"{counter}{'resume' if resuming else 'start'} {run.name}{note}")
     return _Running(run, process, log_path, time.time(), log_file)
 
 
