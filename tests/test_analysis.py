@@ -219,6 +219,38 @@ def test_fig5_series_one_curve_per_resolution_and_per_width(roots):
     assert sorted(t.get_text() for t in right.texts) == ["160", "160", "96", "96"]  # the resolutions
 
 
+def test_reference_paper_puts_the_published_points_beside_the_runs(roots, tmp_path, capsys):
+    from mnv2_jax.analysis import published
+
+    cli.main(["plot", "table", roots["grid"], "--reference", "paper", "--out", str(tmp_path)])
+    with open(tmp_path / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:  # each point has its published counterpart (ImageNet, published architecture)
+        match = published.lookup(
+            {"dataset": "imagenet2012", "width": float(row["width"]), "resolution": int(row["resolution"])}
+        )
+        assert float(row["published_top1"]) == pytest.approx(match.top1 / 100)
+    table = (tmp_path / "table.md").read_text()
+    assert "| Published top-1 (%) |" in table.splitlines()[0] and published.SOURCE_URL in table
+    assert "(4 of 4 rows here)" in table
+
+    points = analysis.aggregate(analysis.load_runs([roots["grid"]], log=lambda _: None))
+    fig = analysis.plot_fig5(points, "eval_ema/top1", reference="paper")
+    left, right = fig.axes[:2]
+    # The runs' labels plus one grey curve per published resolution (left) and width (right), each
+    # labelled at its end; one legend entry for the published series.
+    assert {"224", "192", "128"} <= {t.get_text() for t in left.texts}
+    assert {"×1.4", "×1.3", "×0.75"} <= {t.get_text() for t in right.texts}
+    assert len(left.lines) - len(analysis.plot_fig5(points, "eval_ema/top1").axes[0].lines) == 5
+    assert sum("published" in t.get_text() for t in left.get_legend().get_texts()) == 1
+    assert "grey: " + published.SOURCE in fig._suptitle.get_text()
+    cli.main(["plot", "fig5", roots["grid"], "--reference", "paper", "--out", str(tmp_path)])
+    assert os.path.exists(tmp_path / "fig5.png")
+
+    with pytest.raises(analysis.AnalysisError, match="--reference applies to fig5 and table, not fig6a"):
+        analysis.make("fig6a", analysis.load_runs([roots["fig6a"]]), str(tmp_path), reference="paper")
+
+
 def test_metric_switch_and_ema_fallback(roots, tmp_path, capsys):
     runs = analysis.load_runs([roots["fig6a"]])
     points = analysis.aggregate(runs)

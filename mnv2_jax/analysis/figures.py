@@ -1,6 +1,6 @@
 """Plots and tables from finished runs: the paper's Figure 5, Figure 6a/b, an expansion curve, Table 4.
 
-    mnv2 plot fig5 runs/width_resolution [ROOT ...] [--out DIR] [--metric eval/top1]
+    mnv2 plot fig5 runs/width_resolution [ROOT ...] [--out DIR] [--metric eval/top1] [--reference paper]
     mnv2 plot fig6a runs/bottleneck_activation
     mnv2 plot table runs/width_resolution runs/expansion
     mnv2 plot fig6b --wandb ENTITY/mnv2_jax-imagenet:residual
@@ -608,9 +608,34 @@ def _need(points: Sequence[Point], what: str) -> None:
         raise AnalysisError(f"{what}: no complete runs to plot")
 
 
-def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC):
+def _plot_reference(ax, reference: str, along: str) -> list[float]:
+    """The published points of `reference` as a grey series under the runs: one dashed curve per
+    resolution (`along` = 'width') or per width, its fixed value written at its right end.
+    Returns their multiply-adds (millions) for the axis range."""
+    from mnv2_jax.analysis import published
+
+    rows = published.reference(reference)
+    fixed = "resolution" if along == "width" else "width"
+    groups: dict[Any, list[published.Published]] = {}
+    for row in rows:
+        groups.setdefault(getattr(row, fixed), []).append(row)
+    for i, (value, members) in enumerate(sorted(groups.items(), reverse=True)):
+        members.sort(key=lambda r: r.madds_millions)
+        x = [r.madds_millions for r in members]
+        y = [r.top1 for r in members]
+        label = f"published: {published.SOURCE.split(' (')[0]}, ImageNet" if i == 0 else None
+        ax.plot(x, y, ls="--", lw=0.8, color="0.55", marker="o", ms=4, mfc="white", label=label, zorder=1)
+        text = f"{value}" if fixed == "resolution" else f"×{_fmt(value)}"
+        ax.annotate(text, (x[-1], y[-1]), textcoords="offset points", xytext=(4, 2), fontsize=6, color="0.45")
+    return [r.madds_millions for r in rows]
+
+
+def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC, reference: str | None = None):
     """Figure 5: top-1 against multiply-adds (log scale); left one curve per resolution (width
-    varies along it), right one per width (resolution varies); every point labelled width/res."""
+    varies along it), right one per width (resolution varies); every point labelled width/res.
+
+    `reference` ('paper'): the published points (`mnv2_jax.analysis.published`) drawn in grey
+    beneath the runs, on the same axes; the title says when the runs are on another dataset."""
     import matplotlib as mpl
 
     _need(points, "fig5")
@@ -634,7 +659,8 @@ def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC):
                 ax.annotate(
                     text, (xi, yi), textcoords="offset points", xytext=(5, -9), fontsize=7, color=color
                 )
-        _log_millions(ax, [p.config["madds"] / 1e6 for p in points])
+        reference_madds = _plot_reference(ax, reference, along) if reference else []
+        _log_millions(ax, [p.config["madds"] / 1e6 for p in points] + reference_madds)
         ax.margins(x=0.08)
         ax.set_xlabel("Multiply-adds, millions (log scale)")
         ax.set_title(title, fontsize=11)
@@ -642,10 +668,17 @@ def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC):
         ax.grid(True, which="both", alpha=0.3)
     _percent_axis(left, metric)
     n_seeds = max(len(p.runs) for p in points)
-    fig.suptitle(
-        "MobileNetV2: accuracy vs multiply-adds (Figure 5)"
-        + (f"; mean ± std over up to {n_seeds} seeds" if n_seeds > 1 else "")
+    title = "MobileNetV2: accuracy vs multiply-adds (Figure 5)" + (
+        f"; mean ± std over up to {n_seeds} seeds" if n_seeds > 1 else ""
     )
+    if reference:
+        from mnv2_jax.analysis import published
+
+        datasets = sorted({str(p.config.get("dataset")) for p in points})
+        title += f"\ncolour: these runs ({', '.join(datasets)}); grey: {published.SOURCE}"
+        if any(d.split(":")[0] != published.DATASET for d in datasets):
+            title += "; different datasets: compare the trends, not the values"
+    fig.suptitle(title, fontsize=11 if reference else None)
     return fig
 
 
@@ -792,12 +825,20 @@ TABLE_COLUMNS = (
 )
 
 
-def table_rows(points: Sequence[Point]) -> list[dict[str, Any]]:
+def table_rows(points: Sequence[Point], reference: str | None = None) -> list[dict[str, Any]]:
     """One row per point (sorted by MAdds): top-1 of EMA and raw weights (mean, std over seeds, as
-    fractions), parameters, multiply-adds and the median measured training images/s."""
+    fractions), parameters, multiply-adds and the median measured training images/s; with
+    `reference`, also `published_top1` (a fraction; None where nothing was published for the
+    point's dataset, architecture, width and resolution)."""
     rows = []
     for p in points:
         ema, raw = p.stat(DEFAULT_METRIC), p.stat(RAW_METRIC)
+        extra: dict[str, Any] = {}
+        if reference:
+            from mnv2_jax.analysis import published
+
+            match = published.lookup(p.config, published.reference(reference))
+            extra["published_top1"] = None if match is None else match.top1 / 100
         rows.append(
             {
                 "name": p.name,
@@ -816,16 +857,18 @@ def table_rows(points: Sequence[Point]) -> list[dict[str, Any]]:
                 "params_bn": p.config.get("params_bn"),
                 "madds": p.config.get("madds"),
                 "images_per_sec": p.images_per_sec(),
+                **extra,
             }
         )
     return rows
 
 
-def table_csv(points: Sequence[Point]) -> str:
+def table_csv(points: Sequence[Point], reference: str | None = None) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    columns = (*TABLE_COLUMNS, "published_top1") if reference else TABLE_COLUMNS
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for row in table_rows(points):
+    for row in table_rows(points, reference):
         writer.writerow(
             {k: ("" if v is None else _fmt(v) if isinstance(v, tuple) else v) for k, v in row.items()}
         )
@@ -838,14 +881,19 @@ def _pct(mean: float | None, std: float | None, n: int) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
 
 
+def _published(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.1f}"  # as published: one decimal
+
+
 def _count(value: Any, unit: str) -> str:
     if not isinstance(value, (int, float)):
         return "–"
     return f"{value / 1e6:.2f}M" if unit == "params" else f"{value / 1e6:.1f}M"
 
 
-def table_markdown(points: Sequence[Point]) -> str:
-    """Table 4 of the paper, for the runs at hand (top-1 in %, mean ± std over seeds)."""
+def table_markdown(points: Sequence[Point], reference: str | None = None) -> str:
+    """Table 4 of the paper, for the runs at hand (top-1 in %, mean ± std over seeds); with
+    `reference`, the published top-1 beside the measured ones and a note naming the source."""
     header = [
         "Network",
         "width",
@@ -860,8 +908,12 @@ def table_markdown(points: Sequence[Point]) -> str:
         "MAdds",
         "train images/s",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 6 + ["---:"] * 6) + "|"]
-    for row in table_rows(points):
+    if reference:
+        header.insert(9, "Published top-1 (%)")
+    align = ["---"] * 6 + ["---:"] * (len(header) - 6)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    rows = table_rows(points, reference)
+    for row in rows:
         n = row["seeds"]
         ips = row["images_per_sec"]
         cells = [
@@ -874,11 +926,21 @@ def table_markdown(points: Sequence[Point]) -> str:
             str(n),
             _pct(row["top1_ema"], row["top1_ema_std"], n),
             _pct(row["top1"], row["top1_std"], n),
+            *([_published(row["published_top1"])] if reference else []),
             _count(row["params"], "params"),
             _count(row["madds"], "madds"),
             "–" if ips is None else f"{ips:,.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if reference:
+        from mnv2_jax.analysis import published
+
+        matched = sum(row["published_top1"] is not None for row in rows)
+        lines.append(
+            f"\nPublished top-1: {published.SOURCE}, {published.SOURCE_URL} -- ImageNet validation, given "
+            f"only for ImageNet runs of the published architecture at a published width and resolution "
+            f"({matched} of {len(rows)} rows here)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -907,22 +969,32 @@ def make(
     out: str,
     metric: str = DEFAULT_METRIC,
     log: Callable[[str], None] = _stderr,
+    reference: str | None = None,
 ) -> list[str]:
-    """Aggregate `runs` and write one figure (PNG + SVG) or the table (Markdown + CSV) into `out`."""
+    """Aggregate `runs` and write one figure (PNG + SVG) or the table (Markdown + CSV) into `out`;
+    `reference` ('paper', fig5 and table only) adds the published results."""
     if kind not in KINDS:
         raise AnalysisError(f"unknown plot {kind!r}; choose from {', '.join(KINDS)}")
+    if reference is not None:
+        from mnv2_jax.analysis import published
+
+        if kind not in ("fig5", "table"):
+            raise AnalysisError(f"--reference applies to fig5 and table, not {kind}")
+        published.reference(reference)  # an unknown name fails here, naming the known ones
     points = aggregate(runs, log=log)
     if kind == "table":
         if not points:
             raise AnalysisError("table: no complete runs")
         os.makedirs(out, exist_ok=True)
         paths = [os.path.join(out, "table.md"), os.path.join(out, "table.csv")]
-        for path, text in zip(paths, (table_markdown(points), table_csv(points))):
+        texts = (table_markdown(points, reference), table_csv(points, reference))
+        for path, text in zip(paths, texts):
             with open(path, "w") as f:
                 f.write(text)
         return paths
     metric = choose_metric(points, metric, log=log)
-    fig = PLOTTERS[kind](with_metric(points, metric, log=log), metric)
+    chosen = with_metric(points, metric, log=log)
+    fig = plot_fig5(chosen, metric, reference) if reference else PLOTTERS[kind](chosen, metric)
     return save_figure(fig, out, kind)
 
 
@@ -953,6 +1025,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--metric", default=DEFAULT_METRIC, help=f"top-1 to plot (default {DEFAULT_METRIC}; or {RAW_METRIC})"
     )
+    p.add_argument(
+        "--reference",
+        default=None,
+        choices=("paper",),
+        help="fig5 and table: add the published ImageNet top-1 of the 22 TF-Slim MobileNetV2 "
+        "checkpoints (the paper's width x resolution grid; source in mnv2_jax/analysis/published.py)",
+    )
     return p
 
 
@@ -969,7 +1048,7 @@ def main(args: argparse.Namespace) -> list[str]:
         out = os.path.join(args.roots[0], "plots")
     else:
         out = os.path.join("plots", parse_wandb_path(args.wandb)[0].replace("/", "_"))
-    paths = make(args.kind, runs, out, metric=args.metric)
+    paths = make(args.kind, runs, out, metric=args.metric, reference=getattr(args, "reference", None))
     for path in paths:
         print(path)
     return paths
