@@ -125,6 +125,7 @@ def _ints(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     from mnv2_jax.nn import layers
+    from mnv2_jax.tools.bench import library_versions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=float, default=1.0)
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         f"conv split at {layers.GPU_CONV_MAX_ELEMENTS} elements on GPU",
         file=sys.stderr,
     )
+    versions = library_versions()
     if not args.json:
         print(
             f"{'blocks':>6} {'batch':>6} {'largest activation':>30} {'> 2^31':>6} {'us/image':>9} {'compile s':>9}"
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 conv_split=not args.no_conv_split,
                 us_per_image=1e6 * timing["seconds_per_step"] / batch_size,
                 **timing,
+                versions=versions,
             )
             if args.json:
                 print(json.dumps(row), flush=True)

@@ -56,6 +56,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 from mnv2_jax import allocator  # noqa: E402  (standard library only)
+from mnv2_jax.tools.bench import library_versions  # noqa: E402  (standard library and numpy only)
 
 DEFAULT_SETTINGS = "1.0/224,1.0/160,1.0/96,0.5/128,0.35/96"
 METRICS = ("train_images_per_sec", "infer_images_per_sec")
@@ -443,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 "processor": platform.processor(),
                 "cpus": os.cpu_count(),
             },
+            "versions": library_versions(("jax", "jaxlib", "flax", "optax", "torch")),
             "commands": commands,
             "extra_args": extras,
             "extra_env": envs,

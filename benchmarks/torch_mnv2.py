@@ -61,6 +61,7 @@ try:
 except ImportError:  # run as a script from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mnv2_jax.spec import Architecture, BlockSpec, build_architecture, same_padding
+from mnv2_jax.tools.bench import library_versions  # noqa: E402  (standard library and numpy only)
 
 BN_DECAY = 0.997  # TF-Slim MobileNet; torch's momentum is 1 - decay
 BN_EPSILON = 1e-3
@@ -483,6 +484,8 @@ def run_benchmark(
     result: dict[str, Any] = {
         "framework": "torch",
         "torch_version": torch.__version__,
+        # The JAX side's versions too, so that a torch number filed beside a JAX one says what it met.
+        "versions": library_versions(("torch", "jax", "jaxlib")),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,

@@ -78,6 +78,9 @@ def test_compute_commands_run_under_the_chosen_allocator(choice, expected):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["allocator"] == expected
     assert result["infer_images_per_sec"] > 0
+    from importlib.metadata import version
+
+    assert result["versions"]["jax"] == version("jax") and result["versions"]["jaxlib"] == version("jaxlib")
 
 
 def test_a_bad_choice_stops_the_command_with_the_allowed_values():

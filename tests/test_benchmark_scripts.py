@@ -119,6 +119,7 @@ def test_compare_split_modes_runs_each_mode_in_its_own_process(tmp_path, capsys)
     assert rc == 0
     payload = json.loads((tmp_path / "o.json").read_text())
     assert payload["modes"] == "split"
+    assert payload["versions"]["jax"] == jax.__version__ and "jaxlib" in payload["versions"]
     (row,) = payload["results"]
     assert row["ratio_train"] == pytest.approx(1.5)
     assert row["ratio_infer"] == pytest.approx(1.5)
@@ -198,6 +199,7 @@ def test_batch_cliff_times_cut_networks_and_names_their_largest_activation(capsy
         assert r["largest_elements"] == r["batch_size"] * 16 * 16 * arch.blocks[1].expanded_channels
         assert r["over_int32"] is False
         assert r["us_per_image"] > 0 and r["seconds_per_step"] > 0 and r["steps"] == 1
+        assert r["versions"]["jax"] == jax.__version__ and "jaxlib" in r["versions"]
 
     cut = batch_cliff.cut_model(0.35, 2, "float32", "auto", "auto")
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), "float32")

@@ -14,9 +14,25 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib import metadata
 
 import numpy as np
+
+# The libraries a benchmark result depends on, recorded in every result (`library_versions`).
+VERSIONED = ("jax", "jaxlib", "flax", "optax")
+
+
+def library_versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
+    """`{name: installed version}` of `names` (those installed), for a benchmark's JSON: a number
+    measured with one jax/jaxlib is not comparable with one measured with another."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _time_steps(fn: Callable[[], object], steps: int, repeats: int) -> list[float]:
@@ -134,6 +150,7 @@ def benchmark(
     result: dict = {
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
+        "versions": library_versions(),
         "width": width,
         "resolution": resolution,
         "batch_size": batch_size,
@@ -205,7 +222,14 @@ def benchmark_input(resolution: int = 224, batch_size: int = 32, num_batches: in
     rate = data.input_benchmark_synthetic(
         resolution=resolution, batch_size=batch_size, num_batches=num_batches
     )
-    return {"input_images_per_sec": rate, "resolution": resolution, "batch_size": batch_size}
+    return {
+        "input_images_per_sec": rate,
+        "resolution": resolution,
+        "batch_size": batch_size,
+        "versions": library_versions(
+            ("tensorflow", "tensorflow-cpu", "tensorflow-datasets", "jax", "jaxlib")
+        ),
+    }
 
 
 def format_result(result: dict) -> str:

@@ -893,6 +893,7 @@ def measure(
     import jax.numpy as jnp
 
     from mnv2_jax.spec import build_architecture, validate
+    from mnv2_jax.tools.bench import library_versions
 
     validate(width=width, resolution=resolution)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -923,6 +924,7 @@ def measure(
         "batch": batch,
         "dtype": dtype,
         "backend": jax.default_backend(),
+        "versions": library_versions(),
         "loop": loop,
         "depthwise_impl": depthwise_impl,
         "pointwise_impl": pointwise_impl,
