@@ -194,7 +194,12 @@ def _download_and_prepare(builder) -> None:
     root = os.fspath(builder.data_dir_root)
     os.makedirs(root, exist_ok=True)
     with filelock.FileLock(os.path.join(root, f"{builder.name}.lock")):
-        builder.download_and_prepare()
+        if builder.is_prepared():  # another process prepared it while this one waited
+            return
+        from mnv2_jax import progress
+
+        with progress.phase(f"downloading and preparing {builder.name} with TFDS in {root} (once)"):
+            builder.download_and_prepare()
 
 
 def _readable(builder, split: str) -> bool:

