@@ -1,6 +1,8 @@
-"""The PyTorch reference (benchmarks/torch_mnv2.py) is the same network as ours.
+"""The PyTorch reference (benchmarks/torch_mnv2.py) is the same network as ours: parameter counts,
+shapes, TF padding, the slim optimizer and, with our weights copied in, the same logits.
 
-Skipped where torch is not installed (`pip install -e .[torch]`).
+torch is part of the test extra (`pip install -e '.[test]'`, the CPU build), so CI runs these; a
+checkout without torch skips them.
 """
 
 from __future__ import annotations
@@ -140,3 +142,57 @@ def test_slim_rmsprop_matches_formula(tm: ModuleType) -> None:
         mom = 0.9 * mom + 0.1 * full / torch.sqrt(ms + 1.0)
         value = value - mom
         torch.testing.assert_close(p.detach(), value)
+
+
+def test_same_logits_as_ours_with_our_weights(tm: ModuleType) -> None:
+    """Our Flax model's variables (random weights and batch-norm statistics) copied into the twin:
+    eval-mode logits agree to float32 rounding, at an odd resolution (TF 'SAME' padding), with
+    every stride and both kinds of block (with and without the bottleneck shortcut)."""
+    import jax
+    import numpy as np
+    from flax.traverse_util import flatten_dict
+
+    from mnv2_jax.models.mobilenet_v2 import MobileNetV2
+
+    arch = build_architecture(width=0.35, max_repeats=2, num_classes=10)
+    model = MobileNetV2(arch)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 33, 33, 3)).astype(np.float32)
+    # Random weights and batch-norm statistics (away from 0/1, so that a swapped mean and variance,
+    # or scale and offset, would show), drawn in numpy: no compile for `init`, only its shapes.
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return rng.normal(0.0, (2.0 / np.prod(leaf.shape[:-1])) ** 0.5, leaf.shape).astype(np.float32)
+        low, high = (0.5, 1.5) if name in ("scale", "var") else (-0.5, 0.5)
+        return rng.uniform(low, high, leaf.shape).astype(np.float32)
+
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+
+    twin = tm.TorchMobileNetV2(arch).eval()
+    state = {}
+    for path, value in flatten_dict(variables).items():
+        _, *names, leaf = path  # (collection, module names..., leaf)
+        value = np.asarray(value)
+        if leaf == "kernel" and value.ndim == 4:  # conv (h, w, in, out) -> (out, in, h, w); depthwise
+            value = value.transpose(3, 2, 0, 1)  # (h, w, 1, c) -> (c, 1, h, w), as torch's groups=c
+        elif leaf == "kernel":  # classifier (in, out) -> (out, in)
+            value = value.T
+        names = ["blocks", *names] if names[0].startswith("block_") else names
+        torch_leaf = {
+            "kernel": "weight",
+            "scale": "weight",
+            "bias": "bias",
+            "mean": "running_mean",
+            "var": "running_var",
+        }[leaf]
+        state[".".join([*names, torch_leaf])] = torch.from_numpy(np.array(value))
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    with torch.inference_mode():
+        got = twin(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(expected[0], expected[1])  # the inputs differ, so must the logits
