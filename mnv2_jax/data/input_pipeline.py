@@ -39,7 +39,7 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,7 @@ class InputConfig:
     num_eval_examples: int | None = None  # None: from the builder's split info
     resolution: int = 224
     batch_size: int = 96  # global, over all processes
+    data_shards: int | None = None  # parts the input streams split into; None: one per process
     eval_batch_size: int | None = None  # None: batch_size
     shuffle_buffer: int = 16_384
     seed: int = 0
@@ -129,6 +130,11 @@ class InputConfig:
             raise ValueError(f"eval_crop must be in (0, 1], not {self.eval_crop}")
         if self.resolution < 1 or self.batch_size < 1:
             raise ValueError("resolution and batch_size must be positive")
+        if self.data_shards is not None and (self.data_shards < 1 or self.batch_size % self.data_shards):
+            raise ValueError(
+                f"config key 'data_shards': must be >= 1 and divide batch_size={self.batch_size}, "
+                f"got {self.data_shards}"
+            )
 
     @property
     def global_eval_batch_size(self) -> int:
@@ -288,10 +294,38 @@ def _process() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def _local_batch(global_batch: int, process_count: int, what: str) -> int:
-    if global_batch % process_count:
-        raise ValueError(f"{what} {global_batch} is not divisible by the {process_count} processes")
-    return global_batch // process_count
+def _shards(settings: InputConfig) -> tuple[list[int], int]:
+    """`(this process's shard indices, shard count)`: process i of P reads shards i*S/P ... (i+1)*S/P - 1.
+
+    Each shard is a stream of its own (a part of the split, its own shuffling and augmentation keys)
+    that fills a contiguous slice of every global batch. The default is one shard per process. A
+    fixed `data_shards` makes the global batches independent of how many processes read them:
+    one process reading 2 shards yields what 2 processes reading one each yield together.
+    """
+    process_index, process_count = _process()
+    count = settings.data_shards or process_count
+    if count % process_count:
+        raise ValueError(
+            f"config key 'data_shards': {count} shards do not divide over {process_count} processes; "
+            "use a multiple of the process count"
+        )
+    per_process = count // process_count
+    return list(range(process_index * per_process, (process_index + 1) * per_process)), count
+
+
+def _concat(batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return (
+        batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    )
+
+
+def _local_batch(global_batch: int, parts: int, what: str) -> int:
+    if global_batch % parts:
+        raise ValueError(
+            f"{what} {global_batch} is not divisible by the {parts} input shards "
+            "(one per process unless config key 'data_shards' says otherwise)"
+        )
+    return global_batch // parts
 
 
 def _should_cache(settings: InputConfig, builder) -> bool:
@@ -482,21 +516,20 @@ def _base_key(seed: int, process_index: int, stream: int):
     return tf.random.experimental.stateless_fold_in(key, stream)
 
 
-def _train_examples(settings: InputConfig, builder, start_step: int, steps: int, local_batch: int):
-    """The stream of `(epoch, position, example)` that training reads from `start_step` on, undecoded."""
+def _train_examples(
+    settings: InputConfig, builder, start_step: int, steps: int, local_batch: int, shard: int, shards: int
+):
+    """The stream of `(epoch, position, example)` of one shard from `start_step` on, undecoded."""
     tf = _tf()
     import tensorflow_datasets as tfds
 
-    process_index, process_count = _process()
-    split = tfds.split_for_jax_process(
-        settings.train_split, process_index=process_index, process_count=process_count
-    )
+    split = tfds.split_for_jax_process(settings.train_split, process_index=shard, process_count=shards)
     base = _read(builder, split, cache=_should_cache(settings, builder))
     # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
     # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
     # config.seed alone, so the global seed is cleared (anyone who set one loses it here).
     tf.random.set_seed(None)
-    shuffle_key = _base_key(settings.seed, process_index, 0)
+    shuffle_key = _base_key(settings.seed, shard, 0)
     per_epoch = steps * local_batch
     start_epoch, skip = divmod(start_step, steps)
 
@@ -518,8 +551,9 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     """Endless per-process train batches from global step `start_step` on.
 
     Yields `{'image': float32 (B, R, R, 3) in [-1, 1], 'label': int32 (B,)}` with
-    B = batch_size // jax.process_count(). The batch at step k depends only on (config, k): resuming
-    at k gives bitwise the batches an uninterrupted run reads after consuming k batches.
+    B = batch_size // jax.process_count(). The batch at step k depends only on (config, k) and the
+    shard count (`data_shards`, default the process count): resuming at k gives bitwise the batches
+    an uninterrupted run reads after consuming k batches.
     """
     tf = _tf()
     import tensorflow_datasets as tfds
@@ -527,23 +561,33 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     settings = InputConfig.from_config(config)
     builder = _builder(settings)
     steps = max(1, _num_train_examples(settings, builder) // settings.batch_size)
-    process_index, process_count = _process()
-    local_batch = _local_batch(settings.batch_size, process_count, "batch_size")
+    mine, shards = _shards(settings)
+    shard_batch = _local_batch(settings.batch_size, shards, "batch_size")
     decode = image_decoder(builder.info.features["image"])
-    augment_key = _base_key(settings.seed, process_index, 1)
 
-    def preprocess(e, i, ex):
-        key = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(augment_key, e), i
+    def shard_batches(shard: int):
+        augment_key = _base_key(settings.seed, shard, 1)
+
+        def preprocess(e, i, ex):
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(augment_key, e), i
+            )
+            return {
+                "image": preprocess_train(ex["image"], key, settings, decode),
+                "label": tf.cast(ex["label"], tf.int32),
+            }
+
+        ds = _train_examples(settings, builder, start_step, steps, shard_batch, shard, shards)
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(shard_batch, drop_remainder=True)
+
+    if len(mine) == 1:
+        ds = shard_batches(mine[0])
+    else:  # this process's shards side by side: one slice of the global batch each
+        ds = tf.data.Dataset.zip(tuple(shard_batches(k) for k in mine)).map(
+            lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
         )
-        return {
-            "image": preprocess_train(ex["image"], key, settings, decode),
-            "label": tf.cast(ex["label"], tf.int32),
-        }
-
-    ds = _train_examples(settings, builder, start_step, steps, local_batch)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     return iter(tfds.as_numpy(ds.with_options(_options())))
 
 
@@ -559,16 +603,15 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
 
     settings = InputConfig.from_config(config)
     builder = _builder(settings)
-    process_index, process_count = _process()
-    local_batch = _local_batch(settings.global_eval_batch_size, process_count, "eval_batch_size")
+    mine, shards = _shards(settings)
+    shard_batch = _local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = _eval_split(settings, builder)
-    split = tfds.split_for_jax_process(split_name, process_index=process_index, process_count=process_count)
     num_batches = None
-    if process_count > 1:
+    if shards > 1:
         total = settings.num_eval_examples or _split_size(builder, split_name)
         if total is None:
             raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = _ceil_div(_ceil_div(total, process_count), local_batch)  # of the largest part
+        num_batches = _ceil_div(_ceil_div(total, shards), shard_batch)  # of the largest part
     decode = image_decoder(builder.info.features["image"])
 
     def preprocess(ex):
@@ -578,10 +621,16 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
             "mask": tf.constant(1.0, tf.float32),
         }
 
-    ds = _read(builder, split, cache=False)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
-    return _padded(tfds.as_numpy(ds.with_options(_options())), local_batch, num_batches)
+    def shard_batches(shard: int):
+        split = tfds.split_for_jax_process(split_name, process_index=shard, process_count=shards)
+        ds = _read(builder, split, cache=False)
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(shard_batch).prefetch(tf.data.AUTOTUNE)
+        return _padded(tfds.as_numpy(ds.with_options(_options())), shard_batch, num_batches)
+
+    if len(mine) == 1:
+        return shard_batches(mine[0])
+    return (_concat(parts) for parts in zip(*(shard_batches(k) for k in mine)))
 
 
 def _ceil_div(a: int, b: int) -> int:
