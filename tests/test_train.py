@@ -395,6 +395,69 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
     assert any(run.endswith(run_id) for run in runs)
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_wandb_unreachable_server_goes_offline_in_one_line_and_training_goes_on(
+    base_run, tmp_path, data_dir, monkeypatch, capsys
+):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    config = make_config(data_dir, total_steps=40)  # wandb.mode 'auto'
+
+    # The writer alone: the decision takes a refused connection, not wandb's retries.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    start = time.monotonic()
+    metrics.MetricWriter(str(alone), {}, config.wandb).close()
+    seconds = time.monotonic() - start
+    assert seconds < 20, f"wandb set-up took {seconds:.1f} s with an unreachable server"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "wandb" in line]
+    assert len(lines) == 1, lines
+    where = lines[0].split("run files in ", 1)[1].split(";", 1)[0]
+    assert "does not answer" in lines[0] and lines[0].endswith(f"wandb sync {where}")
+    assert os.path.isdir(where) and where.startswith(str(alone / "wandb"))
+
+    # A run resumed under the same conditions trains its 10 more steps and logs them offline.
+    workdir = copy_run(base_run, tmp_path)
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["complete"] and summary["step"] == 40
+    assert [r["step"] for r in metrics.read_metrics(workdir)][-1] == 40
+    assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
+
+
+def test_wandb_key_from_a_self_hosted_login(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine wandb.example.org\n  login user\n  password " + "1" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    port = _closed_port()
+
+    # The login is for wandb.example.org: it counts for that server only.
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert metrics.wandb_key_source() == str(netrc)
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert metrics.wandb_key_source() is None  # api.wandb.ai has no entry
+    mode, why = metrics._wandb_mode("auto")
+    assert mode == "offline" and "no API key" in why and "api.wandb.ai" in why
+
+    # A self-hosted server on this machine: the key is found, so the server is asked (and is down).
+    netrc.write_text("machine 127.0.0.1 login user password " + "1" * 40 + "\n")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    mode, why = metrics._wandb_mode("auto")
+    assert mode == "offline" and "does not answer" in why and str(port) in why
+    assert metrics._wandb_mode("disabled") == ("disabled", "config wandb.mode='disabled'")
+
+
 @pytest.mark.parametrize(
     "overrides, pattern",
     [

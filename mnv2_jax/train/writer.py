@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from typing import Any
@@ -72,24 +75,53 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _wandb_mode(requested: str, timeout: float = 10.0) -> str:
-    """online only with an API key and a server that answers; else offline."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if requested != "auto":
-        return requested
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    if not has_key:
-        netrc = os.path.expanduser("~/.netrc")
-        has_key = os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
-    if not has_key:
-        return "offline"
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def wandb_key_source(base_url: str | None = None) -> str | None:
+    """Where an API key for `base_url` comes from (`WANDB_API_KEY` or a netrc file), or None.
+
+    `wandb login` stores the key in ~/.netrc under the server's host name (api.wandb.ai, or the
+    host of a self-hosted server), so only an entry for WANDB_BASE_URL's host counts.
+    """
+    if os.environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY"
+    host = urllib.parse.urlsplit(base_url or wandb_base_url()).hostname
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     try:
-        urllib.request.urlopen(base, timeout=timeout)
-        return "online"
-    except Exception:  # noqa: BLE001 - any failure to reach the server means offline
-        return "offline"
+        entry = netrc.netrc(path).authenticators(host) if host and os.path.exists(path) else None
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return path if entry and entry[2] else None
+
+
+def _wandb_mode(requested: str, timeout: float = 5.0) -> tuple[str, str]:
+    """`(mode, why)`: `auto` is online only with an API key and a server that answers, else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], "WANDB_MODE is set"
+    if requested != "auto":
+        return requested, f"config wandb.mode={requested!r}"
+    base = wandb_base_url()
+    if wandb_key_source(base) is None:
+        host = urllib.parse.urlsplit(base).hostname
+        return "offline", f"no API key (WANDB_API_KEY, or a ~/.netrc entry for {host} from `wandb login`)"
+    try:
+        urllib.request.urlopen(base, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # the server answered (with an error status): it is there
+    except Exception as e:  # noqa: BLE001 - any failure to reach the server means offline
+        reason = getattr(e, "reason", e)
+        return "offline", f"{base} does not answer ({type(reason).__name__}: {reason})"
+    return "online", f"{base} answers"
+
+
+def local_wandb_dir(workdir: str) -> str:
+    """Where wandb writes its files: the workdir when it is local, else WANDB_DIR or a local cache
+    (wandb cannot write to gs://)."""
+    if "://" not in workdir:
+        return workdir
+    return os.environ.get("WANDB_DIR") or os.path.expanduser("~/.cache/mnv2_jax/wandb")
 
 
 class MetricWriter:
@@ -105,7 +137,7 @@ class MetricWriter:
         self._init_wandb(config, wandb_config)
 
     def _init_wandb(self, config: dict, wandb_config: Any) -> None:
-        mode = _wandb_mode(wandb_config.mode)
+        mode, why = _wandb_mode(wandb_config.mode)
         if mode == "disabled":
             return
         try:
@@ -124,13 +156,20 @@ class MetricWriter:
                 config=config,
                 id=run_id,
                 resume="allow",
-                dir=self.workdir,
+                dir=local_wandb_dir(self.workdir),
                 mode=mode,
                 settings=wandb.Settings(init_timeout=30, silent=True),
             )
         except Exception as e:  # noqa: BLE001 - logging must never stop training
             print(f"wandb unavailable ({type(e).__name__}: {e}); logging to files only", file=sys.stderr)
             self.run = None
+            return
+        if mode == "offline":
+            where = self.run.settings.sync_dir
+            print(
+                f"wandb offline: {why}; run files in {where}; upload later with: wandb sync {where}",
+                flush=True,
+            )
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
