@@ -126,3 +126,13 @@ def tiny():
     shape = (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)
     x = jax.numpy.asarray(np.random.default_rng(1).uniform(-1.0, 1.0, shape).astype(np.float32))
     return TinyModel(model, random_variables(model, TINY_RESOLUTION), x, TINY_RESOLUTION)
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with `mnist_offline` prepared (MNV2_TEST_DATA_DIR reuses one between runs)."""
+    from mnv2_jax.data.datasets import mnist_offline
+
+    path = os.environ.get("MNV2_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    mnist_offline.ensure_prepared(path)
+    return path

@@ -34,11 +34,24 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any | None:
-        """The state at `step` (default: latest), or None when there is no checkpoint."""
+        """The state at `step` (default: latest), or None when there is no checkpoint.
+
+        Arrays go where `abstract_state`'s leaves say (their shardings); leaves without one (from
+        `jax.eval_shape`) go to this process's first device, so that a checkpoint written by
+        another topology (a TPU slice, several processes) loads on a laptop.
+        """
         step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def placed(leaf: Any) -> Any:
+            if getattr(leaf, "sharding", None) is not None:
+                return leaf
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+
+        target = jax.tree.map(placed, abstract_state)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a preemption notice arrived (multi-host agreement)."""
