@@ -517,6 +517,20 @@ def test_launch_refuses_what_the_workers_would_not_run(checkout, tmp_path):
     assert not tasks_dir.exists()
 
 
+def test_launch_writes_each_runs_manifest_to_the_bucket(checkout, gcs_bucket):
+    from mnv2_jax import storage
+
+    sweep = sweeps.load_sweep(str(checkout / "sweeps" / "smoke.py"))
+    root = f"{gcs_bucket}/launched"
+    launch.write_manifests(sweep, root, {"total_steps": "3"})
+    assert storage.listdir(root) == sorted(run.name for run in sweep.runs)
+    for run in sweep.runs:
+        record = json.loads(storage.read_text(f"{root}/{run.name}/sweep.json"))
+        assert record == json.loads(json.dumps(sweeps.sweep_record(sweep, run, {"total_steps": "3"})))
+    with pytest.raises(launch.LaunchError, match=r"--workdir gs://no-such-bucket/x: cannot write gs://"):
+        launch.write_manifests(sweep, "gs://no-such-bucket/x", {})
+
+
 def test_print_commands(tmp_path, capsys):
     sweep = sweeps.load_sweep(str(SWEEPS / "width_resolution.py"))
     launch.main(sweep, _launch_args(print_commands=True, workdir="/data/my runs"), {})

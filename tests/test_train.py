@@ -26,7 +26,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnv2_jax import cli
+import mnv2_jax
+from mnv2_jax import cli, storage
 from mnv2_jax import config as config_lib
 from mnv2_jax.data import input_pipeline as data
 from mnv2_jax.train import checkpoint as checkpointing
@@ -104,9 +105,15 @@ def assert_states_identical(a: steps.TrainState, b: steps.TrainState) -> None:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(n) for n in names if n.isdigit())
+    """The finished checkpoints' steps. Locally orbax renames a finished step into place; on GCS
+    it writes the step in place and marks it finished with `commit_success.txt`."""
+    directory = storage.join(workdir, "checkpoints")
+    names = storage.listdir(directory) if storage.is_dir(directory) else []
+
+    def finished(name: str) -> bool:
+        return not storage.is_remote(directory) or storage.exists(f"{directory}/{name}/commit_success.txt")
+
+    return sorted(int(n) for n in names if n.isdigit() and finished(n))
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +262,7 @@ def _interrupt_after_first_checkpoint(workdir: str, data_dir: str, sig: int, tmp
 def _assert_same_as_base(workdir: str, base_run) -> None:
     assert_states_identical(restore_state(workdir), restore_state(base_run[0]))
     assert without_timing(metrics.read_metrics(workdir)) == without_timing(metrics.read_metrics(base_run[0]))
-    with open(os.path.join(workdir, "summary.json")) as f:
-        summary = json.load(f)
+    summary = json.loads(storage.read_text(storage.join(workdir, "summary.json")))
     assert without_timing([summary]) == without_timing([json.loads(json.dumps(base_run[1]))])
 
 
@@ -297,6 +303,44 @@ def test_sigterm_checkpoints_and_rerun_is_bit_identical(base_run, tmp_path, data
     summary = train.train_and_evaluate(make_config(data_dir), workdir)
     assert summary["complete"] and summary["step"] == STEPS
     _assert_same_as_base(workdir, base_run)
+
+
+def test_gs_workdir_trains_resumes_after_sigkill_and_plots(base_run, gcs_bucket, tmp_path, data_dir):
+    """A run in a bucket (a local GCS server): killed after its first checkpoint, rerun, bit-identical."""
+    root = f"{gcs_bucket}/sweep"
+    workdir = f"{root}/w0.35_r32"
+    rc, log = _interrupt_after_first_checkpoint(workdir, data_dir, signal.SIGKILL, tmp_path)
+    assert rc == -signal.SIGKILL, log
+    assert not storage.exists(f"{workdir}/summary.json") and not os.path.exists(os.path.join(REPO, "gs:"))
+    result = subprocess.run(
+        [sys.executable, "-m", "mnv2_jax", *cli_args(workdir, data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed = re.search(rf"resuming {workdir} at step (\d+)/{STEPS}", result.stdout)
+    assert resumed and int(resumed.group(1)) in (10, 20), result.stdout
+    _assert_same_as_base(workdir, base_run)
+    assert sorted(storage.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+
+    # load_run and the plots read from the bucket too (and the plots go there).
+    module, variables, config = mnv2_jax.load_run(workdir)
+    assert config.total_steps == STEPS
+    assert_states_identical(variables["params"], restore_state(base_run[0]).ema_params)
+    cli.main(["plot", "table", root])
+    table = storage.read_text(f"{root}/plots/table.csv")
+    top1 = json.loads(storage.read_text(f"{workdir}/summary.json"))["eval_ema/top1"]
+    assert table and len(table.splitlines()) == 2 and f"{top1}" in table, table
+
+
+def test_unwritable_workdir_is_refused_before_training(gcs_bucket, tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for workdir in ("gs://no-such-bucket/run", str(blocker / "run")):
+        with pytest.raises(ValueError, match=rf"^--workdir {re.escape(workdir)}: cannot write there"):
+            train.train_and_evaluate(make_config(data_dir), workdir)
 
 
 def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):

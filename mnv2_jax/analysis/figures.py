@@ -41,6 +41,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from mnv2_jax import storage
+
 KINDS = ("fig5", "fig6a", "fig6b", "expansion", "table")
 DEFAULT_METRIC = "eval_ema/top1"
 RAW_METRIC = "eval/top1"
@@ -246,19 +248,19 @@ def run_from_records(
 
 
 def _is_run_dir(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, marker)) for marker in RUN_MARKERS)
+    return any((storage.path(path) / marker).exists() for marker in RUN_MARKERS)
 
 
 def find_run_dirs(root: str, depth: int = 2) -> list[str]:
     """`root` itself if it is a run directory, else the run directories below it (sorted)."""
-    if not os.path.isdir(root):
+    if not storage.is_dir(root):
         raise AnalysisError(f"{root}: no such directory")
     if _is_run_dir(root):
         return [root]
     found = []
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        if name.startswith(".") or name in NOT_RUNS or not os.path.isdir(path):
+    for name in storage.listdir(root):
+        path = storage.join(root, name)
+        if name.startswith(".") or name in NOT_RUNS or not storage.is_dir(path):
             continue
         if _is_run_dir(path):
             found.append(path)
@@ -268,23 +270,21 @@ def find_run_dirs(root: str, depth: int = 2) -> list[str]:
 
 
 def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.path(path).read_text())
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
     """Complete lines of a metrics log (a run being written may end in a partial line)."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return []
     out = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for line in storage.path(path).read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
     return out
 
 
@@ -298,17 +298,17 @@ def _progress(records: list[dict[str, Any]], config: dict[str, Any]) -> str:
 
 def read_run(workdir: str) -> Run | str:
     """The `Run` of a finished workdir, or the reason it is not one (a string)."""
-    name = os.path.basename(os.path.normpath(workdir))
+    name = storage.path(workdir).name
     config = {}
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(config_path):
+    config_path = storage.join(workdir, CONFIG_FILE)
+    if storage.exists(config_path):
         try:
             config = _read_json(config_path)
         except (OSError, json.JSONDecodeError):
             config = {}
-    records = _read_jsonl(os.path.join(workdir, METRICS_FILE))
-    summary_path = os.path.join(workdir, SUMMARY_FILE)
-    if not os.path.exists(summary_path):
+    records = _read_jsonl(storage.join(workdir, METRICS_FILE))
+    summary_path = storage.join(workdir, SUMMARY_FILE)
+    if not storage.exists(summary_path):
         return f"no {SUMMARY_FILE} ({_progress(records, config)})"
     try:
         summary = _read_json(summary_path)
@@ -316,7 +316,8 @@ def read_run(workdir: str) -> Run | str:
         return f"unreadable {SUMMARY_FILE} ({e})"
     if summary.get("complete") is not True:
         return f"not complete ({SUMMARY_FILE} has complete={summary.get('complete')!r}; {_progress(records, {**config, **summary})})"
-    return run_from_records(name, summary, config, records, source=os.path.abspath(workdir))
+    source = workdir if storage.is_remote(workdir) else os.path.abspath(workdir)
+    return run_from_records(name, summary, config, records, source=source)
 
 
 def load_runs(roots: Sequence[str], log: Callable[[str], None] = _stderr) -> list[Run]:
@@ -327,13 +328,13 @@ def load_runs(roots: Sequence[str], log: Callable[[str], None] = _stderr) -> lis
         if not dirs:
             log(f"{root}: no run directories found")
         for workdir in dirs:
-            real = os.path.realpath(workdir)
+            real = workdir if storage.is_remote(workdir) else os.path.realpath(workdir)
             if real in seen:
                 continue
             seen.add(real)
             result = read_run(workdir)
             if isinstance(result, str):
-                log(f"skipping run {os.path.basename(os.path.normpath(workdir))} ({workdir}): {result}")
+                log(f"skipping run {storage.path(workdir).name} ({workdir}): {result}")
             else:
                 runs.append(result)
         for message in missing_runs(dirs):
@@ -347,14 +348,12 @@ def missing_runs(workdirs: Sequence[str]) -> list[str]:
     by_parent: dict[tuple[str, str], str] = {}
     for workdir in workdirs:
         try:
-            record = _read_json(os.path.join(workdir, "sweep.json"))
+            record = _read_json(storage.join(workdir, "sweep.json"))
         except (OSError, json.JSONDecodeError):
             continue
         path = record.get("sweep_file")
         if isinstance(path, str):
-            by_parent.setdefault(
-                (os.path.dirname(os.path.normpath(workdir)), path), record.get("sweep", path)
-            )
+            by_parent.setdefault((str(storage.path(workdir).parent), path), record.get("sweep", path))
     messages = []
     for (parent, path), name in sorted(by_parent.items()):
         try:
@@ -365,8 +364,8 @@ def missing_runs(workdirs: Sequence[str]) -> list[str]:
             messages.append(f"sweep {name}: cannot check for runs not started ({path}: {e})")
             continue
         for run in expected:
-            if not os.path.isdir(os.path.join(parent, run)):
-                messages.append(f"missing run {run} of sweep {name}: no workdir {os.path.join(parent, run)}")
+            if not storage.is_dir(storage.join(parent, run)):
+                messages.append(f"missing run {run} of sweep {name}: no workdir {storage.join(parent, run)}")
     return messages
 
 
@@ -744,7 +743,7 @@ def plot_expansion(points: Sequence[Point], metric: str = DEFAULT_METRIC):
 def plot_training(source: str | Sequence[dict[str, Any]]):
     """Loss and top-1 through training of one run (its workdir, or its metrics.jsonl records):
     train values at every log step, eval values (raw and EMA weights) at every eval step."""
-    records = _read_jsonl(os.path.join(source, METRICS_FILE)) if isinstance(source, str) else list(source)
+    records = _read_jsonl(storage.join(source, METRICS_FILE)) if isinstance(source, str) else list(source)
     fig, (loss_ax, acc_ax) = _figure(11, 4, ncols=2)
     for key, style in (("train/loss", "-"), ("eval/loss", "o--"), ("eval_ema/loss", "s-")):
         xy = [(r["step"], _number(r[key])) for r in records if key in r]
@@ -890,13 +889,18 @@ PLOTTERS = {"fig5": plot_fig5, "fig6a": plot_fig6a, "fig6b": plot_fig6b, "expans
 
 
 def save_figure(fig, out: str, stem: str) -> list[str]:
-    os.makedirs(out, exist_ok=True)
+    storage.makedirs(out)
     paths = []
     for ext in ("png", "svg"):
-        path = os.path.join(out, f"{stem}.{ext}")
+        path = storage.join(out, f"{stem}.{ext}")
+        buffer = io.BytesIO()
         fig.savefig(
-            path, dpi=150 if ext == "png" else None, metadata={"Date": None} if ext == "svg" else None
+            buffer,
+            format=ext,
+            dpi=150 if ext == "png" else None,
+            metadata={"Date": None} if ext == "svg" else None,
         )
+        storage.write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -915,11 +919,10 @@ def make(
     if kind == "table":
         if not points:
             raise AnalysisError("table: no complete runs")
-        os.makedirs(out, exist_ok=True)
-        paths = [os.path.join(out, "table.md"), os.path.join(out, "table.csv")]
+        storage.makedirs(out)
+        paths = [storage.join(out, "table.md"), storage.join(out, "table.csv")]
         for path, text in zip(paths, (table_markdown(points), table_csv(points))):
-            with open(path, "w") as f:
-                f.write(text)
+            storage.write_text(path, text)
         return paths
     metric = choose_metric(points, metric, log=log)
     fig = PLOTTERS[kind](with_metric(points, metric, log=log), metric)
@@ -966,7 +969,7 @@ def main(args: argparse.Namespace) -> list[str]:
     if args.out:
         out = args.out
     elif args.roots:
-        out = os.path.join(args.roots[0], "plots")
+        out = storage.join(args.roots[0], "plots")
     else:
         out = os.path.join("plots", parse_wandb_path(args.wandb)[0].replace("/", "_"))
     paths = make(args.kind, runs, out, metric=args.metric)

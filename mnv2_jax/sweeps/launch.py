@@ -56,6 +56,7 @@ import tarfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mnv2_jax import storage
 from mnv2_jax.sweeps import sweep_file as sweeps
 from mnv2_jax.sweeps.sweep_file import Run, Sweep
 
@@ -532,7 +533,7 @@ def train_one(
     config = config_lib.apply_overrides(base, overrides)
     config_lib.validate_config(config)
     name = sweeps.run_name(config_lib.flatten(base), config_lib.flatten(config), list(overrides))
-    workdir = os.path.join(workdir_root, name)
+    workdir = storage.join(workdir_root, name)
     wandb_overrides: dict[str, Any] = {"wandb.name": name, "wandb.tags": tuple(tags)}
     if group:
         wandb_overrides["wandb.group"] = group
@@ -542,9 +543,8 @@ def train_one(
         wandb_overrides["wandb.entity"] = entity
     config = config_lib.apply_overrides(config, wandb_overrides)
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
         sweeps.write_json(
-            os.path.join(workdir, sweeps.SWEEP_JSON),
+            storage.join(workdir, sweeps.SWEEP_JSON),
             {
                 "sweep": group,
                 "run": name,
@@ -558,8 +558,7 @@ def train_one(
         )
         if run_id:
             # mnv2_jax.train.writer reuses the id in this file: metrics go to the run the sweep created.
-            with open(os.path.join(workdir, "wandb_run_id"), "w") as f:
-                f.write(run_id)
+            storage.write_text(storage.join(workdir, "wandb_run_id"), run_id)
     print(f"sweep run {name}: {workdir}", flush=True)
     if train_fn is None:
         from mnv2_jax.train.loop import train_and_evaluate as train_fn

@@ -61,6 +61,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from mnv2_jax import storage
+
 REQUIRED_ATTRIBUTES = ("NAME", "CONFIG", "WANDB_PROJECT", "SEEDS", "sweep")
 SWEEP_JSON = "sweep.json"
 LOG_FILE = "train.log"
@@ -475,17 +477,13 @@ def sweep_record(sweep: Sweep, run: Run, global_overrides: dict[str, Any] | None
 
 
 def write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Replace the JSON file at `path` (local or gs://) atomically."""
+    storage.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_summary(workdir: str) -> dict[str, Any] | None:
     try:
-        with open(os.path.join(workdir, SUMMARY_FILE)) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(storage.join(workdir, SUMMARY_FILE)) or "null")
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -504,8 +502,9 @@ def stale_keys(workdir: str, config) -> list[str]:
     from mnv2_jax import config as config_lib
 
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            stored = config_lib.flatten(json.load(f))
+        stored = config_lib.flatten(
+            json.loads(storage.read_text(storage.join(workdir, "config.json")) or "{}")
+        )
     except (OSError, json.JSONDecodeError):
         return []
     out = []
@@ -591,19 +590,22 @@ def run_sweep(
     validate_global_overrides(sweep, global_overrides)
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
-    root = os.path.abspath(root)
-    os.makedirs(root, exist_ok=True)
+    if not storage.is_remote(root):
+        root = os.path.abspath(root)
+    storage.ensure_writable(root, "--workdir")
     prefix = list(command_prefix or (sys.executable, "-m", "mnv2_jax"))
     child_env = dict(os.environ if env is None else env)
-    # One compilation cache for the whole sweep (an explicit setting wins, e.g. the test suite's).
-    child_env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, CACHE_DIR))
+    # One compilation cache for the whole sweep (an explicit setting wins, e.g. the test suite's);
+    # with a remote root, each run's default local cache.
+    if not storage.is_remote(root):
+        child_env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, CACHE_DIR))
     child_env.setdefault("PYTHONUNBUFFERED", "1")
 
     start = time.time()
     result = SweepResult(total=len(sweep.runs))
     pending: list[Run] = []
     for run in sweep.runs:
-        workdir = os.path.join(root, run.name)
+        workdir = storage.join(root, run.name)
         if is_complete(workdir):
             result.skipped.append(run.name)
             differing = stale_keys(workdir, sweep.resolved(run, global_overrides))
@@ -617,7 +619,7 @@ def run_sweep(
             pending.append(run)
     log(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(result.skipped)} already complete (skipped), "
-        f"{len(pending)} to run, {parallel} at a time; logs in {root}/<run>/{LOG_FILE}"
+        f"{len(pending)} to run, {parallel} at a time; logs in {os.path.dirname(os.path.dirname(log_file_path(root, sweep, sweep.runs[0])))}/<run>/{LOG_FILE}"
     )
 
     stop: dict[str, int | None] = {"signal": None}
@@ -649,7 +651,7 @@ def run_sweep(
                 running.remove(item)
                 item.log_file.close()
                 seconds = time.time() - item.started
-                workdir = os.path.join(root, item.run.name)
+                workdir = storage.join(root, item.run.name)
                 rc = item.process.returncode
                 finished += 1
                 if rc == 0 and is_complete(workdir):
@@ -688,6 +690,14 @@ def run_sweep(
     return result
 
 
+def log_file_path(root: str, sweep: Sweep, run: Run) -> str:
+    """ROOT/<run>/train.log; under a remote root (gs://, which cannot be appended to) the log
+    stays on this machine, in ~/.cache/mnv2_jax/logs/<sweep>/<run>/train.log."""
+    if storage.is_remote(root):
+        return os.path.join(os.path.expanduser("~/.cache/mnv2_jax/logs"), sweep.name, run.name, LOG_FILE)
+    return os.path.join(root, run.name, LOG_FILE)
+
+
 def _start(
     sweep: Sweep,
     run: Run,
@@ -697,12 +707,13 @@ def _start(
     env: dict[str, str],
     log: Callable[[str], None],
 ) -> _Running:
-    workdir = os.path.join(root, run.name)
-    resuming = any(os.path.exists(os.path.join(workdir, f)) for f in ("config.json", "checkpoints"))
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, SWEEP_JSON), sweep_record(sweep, run, global_overrides))
+    workdir = storage.join(root, run.name)
+    resuming = any(storage.exists(storage.join(workdir, f)) for f in ("config.json", "checkpoints"))
+    storage.makedirs(workdir)
+    write_json(storage.join(workdir, SWEEP_JSON), sweep_record(sweep, run, global_overrides))
     argv = [*prefix, "train", *train_args(sweep, run, workdir, global_overrides)]
-    log_path = os.path.join(workdir, LOG_FILE)
+    log_path = log_file_path(root, sweep, run)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     log_file = open(log_path, "a")
     log_file.write(f"=== mnv2 sweep {sweep.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
     log_file.flush()
@@ -904,7 +915,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
 
             runs = analysis.load_runs([args.workdir])
             for kind in args.plot.split(","):
-                for path in analysis.make(kind.strip(), runs, os.path.join(args.workdir, "plots")):
+                for path in analysis.make(kind.strip(), runs, storage.join(args.workdir, "plots")):
                     print(f"wrote {path}")
         return code
     if command == "launch":

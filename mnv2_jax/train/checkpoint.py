@@ -1,9 +1,10 @@
 """Checkpoints (orbax) and reading runs back.
 
 A workdir's `checkpoints/` holds orbax steps, written atomically (orbax
-writes to a temporary directory and renames it), so a kill at any moment
-leaves the previous checkpoint loadable. Every process takes part in saves
-and restores; orbax coordinates them.
+writes to a temporary directory and renames it; on GCS it marks a finished
+step with a commit file instead), so a kill at any moment leaves the previous
+checkpoint loadable. Every process takes part in saves and restores; orbax
+coordinates them. Workdirs may be local or gs:// (`mnv2_jax.storage`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mnv2_jax import storage
+
 
 class Checkpointer:
     """Save and restore the whole train state under `workdir/checkpoints`."""
 
     def __init__(self, workdir: str, keep: int = 3):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        base = workdir if storage.is_remote(workdir) else os.path.abspath(workdir)
+        self.directory = storage.join(base, "checkpoints")
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            storage.path(self.directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 
@@ -66,11 +70,10 @@ class Checkpointer:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote to `workdir/config.json`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    text = storage.read_text(storage.join(workdir, "config.json"))
+    if text is None:
         raise ValueError(f"{workdir}: not a run directory (no config.json)")
-    with open(path) as f:
-        stored = json.load(f)
+    stored = json.loads(text)
     stored.pop("provenance", None)
     return ml_collections.ConfigDict(_tuples(stored))
 

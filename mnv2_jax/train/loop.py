@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnv2_jax import accounting
+from mnv2_jax import accounting, storage
 from mnv2_jax import config as config_lib
 from mnv2_jax.data import input_pipeline as data
 from mnv2_jax.train import checkpoint as checkpointing
@@ -165,11 +165,10 @@ def _comparable(cfg: dict) -> dict:
 
 def check_workdir(workdir: str, resolved: ml_collections.ConfigDict, overwrite: bool) -> None:
     """Refuse to resume a workdir that holds a different config (unless --overwrite)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    text = storage.read_text(storage.join(workdir, "config.json"))
+    if text is None:
         return
-    with open(path) as f:
-        stored = _comparable(json.load(f))
+    stored = _comparable(json.loads(text))
     current = _comparable(json.loads(resolved.to_json()))
     differing = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differing and not overwrite:
@@ -243,7 +242,7 @@ def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
     """Start from another run's (or an imported) checkpoint: matching arrays are copied."""
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    if os.path.exists(os.path.join(path, "variables.msgpack")):
+    if storage.exists(storage.join(path, "variables.msgpack")):
         from mnv2_jax.tools.interop.keras import load_imported
 
         variables = load_imported(path)
@@ -287,6 +286,8 @@ def train_and_evaluate(
     """Train (or resume) the run in `workdir`; returns the summary."""
     config_lib.validate_config(config)
     maybe_initialize_distributed()
+    # A workdir this process cannot write is refused now, not at the first checkpoint.
+    storage.ensure_writable(workdir, "--workdir", tag=f"-{jax.process_index()}")
     enable_compilation_cache()
     is_main = jax.process_index() == 0
 
@@ -297,14 +298,13 @@ def train_and_evaluate(
     n_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps or steps_per_epoch
 
-    os.makedirs(workdir, exist_ok=True)
     check_workdir(workdir, resolved, overwrite)
     arch = config_lib.architecture_from_config(config, num_classes)
     counts = accounting.count(arch, config.resolution)
     if is_main:
         stored = json.loads(resolved.to_json())
         stored["provenance"] = provenance()
-        metrics.write_json(os.path.join(workdir, "config.json"), stored)
+        metrics.write_json(storage.join(workdir, "config.json"), stored)
 
     # Model, optimizer, state, sharded over one 'data' axis of every device.
     mesh = data_mesh()
@@ -420,7 +420,7 @@ def train_and_evaluate(
     try:
         while step < n_steps:
             if profile and step == start_step + 2 and not profiling:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                jax.profiler.start_trace(storage.join(workdir, "profile"))
                 profiling = True
             batch = _global_batch(next(train_iter), batch_sharding)
             state, step_metrics = train_step(state, batch)
@@ -431,7 +431,7 @@ def train_and_evaluate(
                 jax.profiler.stop_trace()
                 profiling = False
                 if is_main:
-                    print(f"profile written to {os.path.join(workdir, 'profile')}", flush=True)
+                    print(f"profile written to {storage.join(workdir, 'profile')}", flush=True)
 
             last = step == n_steps
             if step % config.log_every_steps == 0 or last:
@@ -508,7 +508,7 @@ def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
     mesh = data_mesh()
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     eval_step = _cached_eval_step(model, config, config.num_classes, replicated, batch_sharding)
-    if os.path.exists(os.path.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
+    if storage.exists(storage.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
         from mnv2_jax.tools.interop.keras import load_imported
 
         variables = jax.device_put(load_imported(workdir), replicated)

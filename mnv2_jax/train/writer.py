@@ -20,6 +20,8 @@ import urllib.request
 import uuid
 from typing import Any
 
+from mnv2_jax import storage
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 WANDB_ID_FILE = "wandb_run_id"
@@ -35,44 +37,31 @@ def _clean(value: Any) -> Any:
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
     """Drop a partial last line and every line past `last_step` (a resumed run rewrites them)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, METRICS_FILE)
+    text = storage.read_text(path)
+    if text is None:
         return
     kept = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if record.get("step", 0) <= last_step:
-                kept.append(line)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
+    storage.write_text(path, "".join(kept))
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith("\n"):
-                out.append(json.loads(line))
-    return out
+    text = storage.read_text(storage.join(workdir, METRICS_FILE)) or ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
 def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_clean)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Replace the JSON file at `path` atomically (local or gs://)."""
+    storage.write_text(path, json.dumps(obj, indent=2, default=_clean) + "\n")
 
 
 def wandb_base_url() -> str:
@@ -119,13 +108,18 @@ def _wandb_mode(requested: str, timeout: float = 5.0) -> tuple[str, str]:
 def local_wandb_dir(workdir: str) -> str:
     """Where wandb writes its files: the workdir when it is local, else WANDB_DIR or a local cache
     (wandb cannot write to gs://)."""
-    if "://" not in workdir:
+    if not storage.is_remote(workdir):
         return workdir
     return os.environ.get("WANDB_DIR") or os.path.expanduser("~/.cache/mnv2_jax/wandb")
 
 
 class MetricWriter:
-    """Appends one JSON object per logged step; mirrors everything to wandb."""
+    """Appends one JSON object per logged step; mirrors everything to wandb.
+
+    A GCS object cannot be appended to: on gs:// the writer keeps the file's text and uploads it
+    whole at every write (a few hundred bytes per logged step), so the object in the bucket always
+    holds every line written so far.
+    """
 
     def __init__(self, workdir: str, config: dict, wandb_config: Any, enabled: bool = True):
         self.workdir = workdir
@@ -133,7 +127,9 @@ class MetricWriter:
         self.run = None
         if not enabled:
             return
-        self.file = open(os.path.join(workdir, METRICS_FILE), "a")
+        self.path = storage.join(workdir, METRICS_FILE)
+        self.file = None if storage.is_remote(workdir) else open(self.path, "a")
+        self.text = (storage.read_text(self.path) or "") if self.file is None else ""
         self._init_wandb(config, wandb_config)
 
     def _init_wandb(self, config: dict, wandb_config: Any) -> None:
@@ -143,15 +139,14 @@ class MetricWriter:
         try:
             import wandb
 
-            id_path = os.path.join(self.workdir, WANDB_ID_FILE)
-            run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
-            with open(id_path, "w") as f:
-                f.write(run_id)
+            id_path = storage.join(self.workdir, WANDB_ID_FILE)
+            run_id = (storage.read_text(id_path) or "").strip() or uuid.uuid4().hex[:12]
+            storage.write_text(id_path, run_id)
             self.run = wandb.init(
                 project=wandb_config.project,
                 entity=wandb_config.entity,
                 group=wandb_config.group,
-                name=wandb_config.name or os.path.basename(os.path.abspath(self.workdir)),
+                name=wandb_config.name or storage.path(self.workdir).name,
                 tags=list(wandb_config.tags or ()),
                 config=config,
                 id=run_id,
@@ -175,8 +170,13 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        line = json.dumps(record) + "\n"
+        if self.file is not None:
+            self.file.write(line)
+            self.file.flush()
+        else:
+            self.text += line
+            storage.write_text(self.path, self.text)
         if self.run is not None:
             try:
                 self.run.log({k: v for k, v in record.items() if k != "step"}, step=step)
@@ -187,7 +187,7 @@ class MetricWriter:
     def summary(self, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        write_json(os.path.join(self.workdir, SUMMARY_FILE), values)
+        write_json(storage.join(self.workdir, SUMMARY_FILE), values)
         if self.run is not None:
             try:
                 self.run.summary.update({k: _clean(v) for k, v in values.items()})
@@ -197,7 +197,8 @@ class MetricWriter:
     def close(self) -> None:
         if not self.enabled:
             return
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.run is not None:
             try:
                 self.run.finish()
