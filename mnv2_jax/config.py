@@ -21,6 +21,7 @@ from mnv2_jax import spec
 CHOICES: dict[str, tuple] = {
     "bottleneck_activation": spec.BOTTLENECK_ACTIVATIONS,
     "residual": spec.RESIDUALS,
+    "task": ("classification",),
     "recipe": ("slim", "tpu"),
     "dtype": ("float32", "bfloat16"),
     "depthwise_impl": ("auto", "lax", "shifted"),
@@ -46,6 +47,7 @@ RESUMABLE_KEYS = (
 def base_config() -> ml_collections.ConfigDict:
     """All keys with the paper's defaults (ImageNet, 1.0/224, the TF-Slim recipe)."""
     c = ml_collections.ConfigDict()
+    c.task = "classification"  # what the backbone is trained for (mnv2_jax.tasks)
     # Model: the sweep axes of the paper.
     c.width = 1.0
     c.resolution = 224
@@ -311,21 +313,3 @@ def architecture_from_config(config: ml_collections.ConfigDict, num_classes: int
         num_classes=num_classes,
         max_repeats=config.max_repeats,
     )
-
-
-def model_from_config(config: ml_collections.ConfigDict, num_classes: int, **overrides: Any):
-    """The Flax module a config trains (`overrides` replace module fields, e.g. bn_axis_name)."""
-    import jax.numpy as jnp
-
-    from mnv2_jax.models.mobilenet_v2 import MobileNetV2
-
-    kwargs = dict(
-        dropout_rate=config.dropout_rate,
-        bn_momentum=config.bn_momentum,
-        bn_epsilon=config.bn_epsilon,
-        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
-        depthwise_impl=config.depthwise_impl,
-        pointwise_impl=config.pointwise_impl,
-    )
-    kwargs.update(overrides)
-    return MobileNetV2(architecture_from_config(config, num_classes), **kwargs)

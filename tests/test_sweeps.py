@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import pytest
 
 from mnv2_jax import config as config_lib
-from mnv2_jax.sweeps import launch
+from mnv2_jax import workdir as workdir_lib
+from mnv2_jax.sweeps import launch, local
 from mnv2_jax.sweeps import sweep_file as sweeps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -284,7 +285,7 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     sweep = sweeps.load_sweep(path)
     root = tmp_path / "root"
     lines: list[str] = []
-    result = sweeps.run_sweep(
+    result = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -317,7 +318,7 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
 
     # Second invocation: complete runs are skipped (not started again), the failed one is retried.
     lines.clear()
-    again = sweeps.run_sweep(
+    again = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -333,7 +334,7 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     # A complete run trained with another config than the sweep's now is reported as stale, not rerun.
     (root / "w0.35_r32_t6_s0" / "config.json").write_text(json.dumps({"optim": {"lr": 0.5}, "width": 0.35}))
     lines.clear()
-    third = sweeps.run_sweep(
+    third = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -368,7 +369,7 @@ def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, mon
 
     threading.Thread(target=stop_when_started, daemon=True).start()
     lines: list[str] = []
-    result = sweeps.run_sweep(
+    result = local.run_sweep(
         sweep, str(root), command_prefix=fake_train, log=lines.append, poll_interval=0.05
     )
     assert result.signal == signal.SIGTERM and result.exit_code == 143
@@ -377,7 +378,7 @@ def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, mon
     assert calls(first)[0]["cache"] == str(tmp_path / "shared_cache")  # an explicit cache is kept
 
     # Rerun (a shorter run now, through a global override): the stopped run resumes.
-    result = sweeps.run_sweep(
+    result = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -770,7 +771,7 @@ def test_real_sweep_skip_resume_and_failure(tmp_path):
         time.sleep(0.2)
     out, _ = runner.communicate(timeout=300)
     assert runner.returncode == 143, out
-    assert sweeps.is_complete(str(a)) and not sweeps.is_complete(str(b)), out
+    assert workdir_lib.is_complete(str(a)) and not workdir_lib.is_complete(str(b)), out
     assert "interrupted" in out and not bad.exists()
 
     out = subprocess.run(command + ["--parallel", "2"], env=env, capture_output=True, text=True, timeout=400)
@@ -778,7 +779,7 @@ def test_real_sweep_skip_resume_and_failure(tmp_path):
     report = out.stdout
     assert "1 skipped" in report
     assert (a / "train.log").read_text().count("=== mnv2 sweep") == 1  # not started again
-    assert sweeps.is_complete(str(b)) and "resuming" in (b / "train.log").read_text()
+    assert workdir_lib.is_complete(str(b)) and "resuming" in (b / "train.log").read_text()
     assert json.loads((b / "summary.json").read_text())["step"] == 60
     assert f"FAILED {bad.name}" in report and str(bad / "train.log") in report
     summary = json.loads((a / "summary.json").read_text())

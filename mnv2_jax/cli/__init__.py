@@ -136,24 +136,24 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from mnv2_jax.train import loop as train
+    from mnv2_jax import runs
 
-    result = train.evaluate_workdir(args.workdir, step=args.step)
+    result = runs.evaluate_workdir(args.workdir, step=args.step)
     print(json.dumps(result, indent=None if args.json else 2))
 
 
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> None:
-    from mnv2_jax.sweeps import sweep_file as sweeps
+    from mnv2_jax.cli import sweep
 
-    code = sweeps.main(args, extra)
+    code = sweep.main(args, extra)
     if code:
         sys.exit(code)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from mnv2_jax.analysis import figures as analysis
+    from mnv2_jax.cli import plot
 
-    analysis.main(args)  # AnalysisError is a ValueError: one line on stderr, exit 2
+    plot.main(args)  # AnalysisError is a ValueError: one line on stderr, exit 2
 
 
 def cmd_import_keras(args: argparse.Namespace) -> None:
@@ -304,16 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    from mnv2_jax.sweeps import (
-        sweep_file as sweeps,  # standard library only at import: the parser stays instant
-    )
+    from mnv2_jax.cli import sweep  # standard library only at import: the parser stays instant
 
-    p = sweeps.add_parser(sub)
+    p = sweep.add_parser(sub)
     p.set_defaults(func=cmd_sweep, takes_extra=True)
 
-    from mnv2_jax.analysis import figures as analysis  # standard library only at import, like sweeps
+    from mnv2_jax.cli import plot  # standard library only at import, like sweep
 
-    p = analysis.add_parser(sub)
+    p = plot.add_parser(sub)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("import-keras", help="convert Keras' ImageNet MobileNetV2 weights into a directory")
