@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 from typing import Any
 
 import ml_collections
@@ -244,6 +245,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.bn_group_size is not None and config.batch_size % config.bn_group_size:
         raise ValueError(
             f"config key 'bn_group_size': must divide batch_size={config.batch_size}, got {config.bn_group_size}"
+        )
+
+
+def validate_batch_sizes(
+    config: ml_collections.ConfigDict, device_count: int, process_count: int = 1
+) -> None:
+    """Refuse a `batch_size` or `eval_batch_size` that does not split evenly over the devices
+    (and the processes); the message names the nearest multiples that do."""
+    unit = math.lcm(device_count, process_count)
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        if value is None or value % unit == 0:
+            continue
+        below, above = value // unit * unit, (value // unit + 1) * unit
+        nearest = f"{below} or {above}" if below else str(above)
+        over = f"{device_count} devices" + (f" in {process_count} processes" if process_count > 1 else "")
+        raise ValueError(
+            f"config key {key!r}: {value} does not split evenly over {over}; "
+            f"use a multiple of {unit}, e.g. {nearest}"
         )
 
 

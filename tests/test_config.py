@@ -1,5 +1,5 @@
 """Config values are type-checked: `--config.KEY=VALUE` text is read as the key's type, a value of
-the wrong type is one error naming the key and the type.
+the wrong type is one error naming the key and the type, and batches must split over the devices.
 
 No JAX: everything here runs on `mnv2_jax.config` alone, and the command-line check shows the
 error comes before the train loop (and JAX) is imported.
@@ -145,6 +145,27 @@ def test_the_result_stays_type_safe(mnist):
     loose.augment.flip = "ture"
     with pytest.raises(ValueError, match=r"config key 'augment.flip': expected a boolean"):
         config_lib.validate_config(loose)
+
+
+@pytest.mark.parametrize(
+    "overrides, devices, processes, message",
+    [
+        ({"batch_size": 30}, 8, 1, r"'batch_size': 30 does not split evenly over 8 devices; .* 24 or 32$"),
+        ({"batch_size": 4}, 8, 1, r"'batch_size': 4 .* multiple of 8, e.g. 8$"),
+        ({"eval_batch_size": 60}, 8, 1, r"'eval_batch_size': 60 .* 56 or 64$"),
+        ({"batch_size": 36}, 4, 8, r"'batch_size': 36 .* 4 devices in 8 processes; .* 32 or 40$"),
+    ],
+)
+def test_batches_must_split_over_the_devices(mnist, overrides, devices, processes, message):
+    config = config_lib.apply_overrides(mnist, overrides)
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_batch_sizes(config, devices, processes)
+
+
+def test_batches_that_split_are_accepted(mnist):
+    config_lib.validate_batch_sizes(mnist, 8)  # 128, eval None (= batch_size)
+    config_lib.validate_batch_sizes(config_lib.apply_overrides(mnist, {"eval_batch_size": 24}), 8, 2)
+    config_lib.validate_batch_sizes(config_lib.apply_overrides(mnist, {"batch_size": 30}), 1)
 
 
 def test_train_command_refuses_a_wrong_type_before_jax_loads(tmp_path):
