@@ -170,6 +170,19 @@ def test_overrides_are_constants_outside_the_names(tmp_path):
         ("add(width=-1.0)", "run w-1.0_r32_t6_s0: width"),
         ("add(width=0.5)\n    add(width=0.5)", "run w0.5_r32_t6_s0 .#1. is identical to run #0"),
         ("add(width=0.5, resolution=16)", "run w0.5_r16_t6_s0: resolution"),
+        # Values are type-checked like --config.KEY=VALUE: the run, the key and the expected type.
+        (
+            "add(width=0.5)\n    add(width=0.5, seed='abc')",
+            r"run #1 \(width=0.5, seed='abc'\): config key 'seed': expected an integer, got 'abc'",
+        ),
+        (
+            "add(**{'augment.flip': 'ture'})",
+            r"run #0 .*: config key 'augment.flip': expected a boolean \(true/false/1/0\), got 'ture'",
+        ),
+        (
+            "add(total_steps=1.5)",
+            r"run #0 .*: config key 'total_steps': expected an integer or None, got 1.5",
+        ),
     ],
 )
 def test_validation_errors_name_the_run(tmp_path, body, message):
@@ -198,6 +211,22 @@ def test_global_overrides_are_validated_for_every_run(tmp_path):
     ):
         sweeps.validate_global_overrides(sweep, {"totl_steps": "3"})
     sweeps.validate_global_overrides(sweep, {"total_steps": "3"})
+    with pytest.raises(
+        ValueError,
+        match=r"run w0.35_r32_t6_s0 with the global overrides: config key 'dropout_rate': expected a float",
+    ):
+        sweeps.validate_global_overrides(sweep, {"dropout_rate": "x"})
+
+
+def test_wandb_agent_runs_are_type_checked(tmp_path):
+    """A W&B sweep run's parameters meet the same checks; the error names the run, nothing is written."""
+    overrides = launch.overrides_from_params({"config.width": 0.5, "config.augment": {"flip": "ture"}})
+    with pytest.raises(
+        ValueError,
+        match=r"sweep run r1 \(width=0.5, augment.flip='ture'\): config key 'augment.flip': expected a boolean",
+    ):
+        launch.train_one(MNIST, str(tmp_path / "root"), overrides, run_id="r1", train_fn=lambda c, w: None)
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize(

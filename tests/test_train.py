@@ -405,6 +405,9 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
         ({"wandb.mode": "sometimes"}, r"'wandb.mode'.*'offline'.*'sometimes'"),
         ({"total_epochs": 3.0}, r"'total_steps' and 'total_epochs'"),
         ({"batch_size": 0}, r"'batch_size'"),
+        # The 8 simulated devices (tests/conftest.py): global batches must split over them.
+        ({"batch_size": 30}, r"'batch_size': 30 does not split evenly over 8 devices; .* 24 or 32"),
+        ({"eval_batch_size": 60}, r"'eval_batch_size': 60 .* 56 or 64"),
     ],
 )
 def test_invalid_value_is_refused_before_anything_runs(tmp_path, data_dir, overrides, pattern):

@@ -128,10 +128,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     from mnv2_jax import config as config_lib
-    from mnv2_jax.train import loop as train
 
     config = config_lib.load_config(args.config)
     config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
+    config_lib.validate_config(config)  # a bad value fails here, before JAX loads
+
+    from mnv2_jax.train import loop as train
+
     train.train_and_evaluate(config, args.workdir, overwrite=args.overwrite, profile=args.profile)
 
 

@@ -490,9 +490,15 @@ def train_one(
     from mnv2_jax import config as config_lib
 
     base = config_lib.load_config(config_spec)
-    base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
-    config = config_lib.apply_overrides(base, overrides)
-    config_lib.validate_config(config)
+    try:
+        base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
+        config = config_lib.apply_overrides(base, overrides)
+        config_lib.validate_config(config)
+    except ValueError as e:
+        # The run has no name before its config resolves: name it by its W&B id and parameters.
+        what = f"sweep run {run_id}" if run_id else "sweep run"
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ValueError(f"{what} ({shown}): {e}") from None
     name = sweeps.run_name(config_lib.flatten(base), config_lib.flatten(config), list(overrides))
     workdir = os.path.join(workdir_root, name)
     wandb_overrides: dict[str, Any] = {"wandb.name": name, "wandb.tags": tuple(tags)}

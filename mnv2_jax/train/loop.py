@@ -244,6 +244,7 @@ def train_and_evaluate(
     """Train (or resume) the run in `workdir`; returns the summary."""
     config_lib.validate_config(config)
     maybe_initialize_distributed()
+    config_lib.validate_batch_sizes(config, jax.device_count(), jax.process_count())
     enable_compilation_cache()
     is_main = jax.process_index() == 0
 
