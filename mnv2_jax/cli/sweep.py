@@ -158,3 +158,9 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
             sys.stdout.write(text)
         return 0
     raise ValueError(f"unknown sweep command {command!r}")
+
+
+def run_command(args: argparse.Namespace, extra: list[str]) -> None:
+    code = main(args, extra)
+    if code:
+        sys.exit(code)
