@@ -68,10 +68,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     s = _arch_settings(args)
     resolution = s.pop("resolution")
     arch = spec.build_architecture(**s)
+    # The classification head (pool, dropout, classifier) is part of the counted network;
+    # a task with another head adds its layers to the count.
+    summary = {"task": args.task, **accounting.summary(arch, resolution)}
     if args.json:
-        print(json.dumps(accounting.summary(arch, resolution)))
+        print(json.dumps(summary))
         return
-    summary = accounting.summary(arch, resolution)
     print(
         f"MobileNetV2 width {arch.width:g}, resolution {resolution}, expansion {summary['expansion']}, "
         f"{arch.bottleneck_activation} bottleneck, residual '{arch.residual}'"
@@ -85,8 +87,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from mnv2_jax.tasks import TASKS
+
     p = sub.add_parser("info", help="analytic multiply-adds and parameters, per layer")
     _add_arch_args(p)
+    p.add_argument("--task", default="classification", choices=tuple(TASKS), help="the head counted on top")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)"
     )
