@@ -21,14 +21,14 @@ Two more layers get the treatment when their neighbour block is split:
   run together in S strips of output rows (plus the one-row halo the 3x3
   depthwise needs), so the 32x112x112 tensor never exists whole. Row strips,
   not channel groups: an 8-channel slice of the stem conv misses XLA:CPU's
-  fast convolution path and ran ~4x slower per channel. Needs block 0 without
+  fast convolution path and runs ~4x slower per channel. Needs block 0 without
   expansion conv, shortcut, stride or dilation (Table 2's first row);
   otherwise the stem runs whole and block 0 is split by channels.
 * Head + pooling. The last 1x1 conv (1280 channels at 7x7) feeds only the
   global average pool, so it runs in S groups of output channels, each pooled
   at once (the last block's S). Table 3 likewise lists 1280 channels at 1x1.
 
-What it took for XLA to keep the saving (measured at 1.0/224, batch 1, CPU):
+What keeps the saving under XLA (measured at 1.0/224, batch 1, CPU):
 
 1. A loop. Written as a Python loop, the S groups are independent
    computations; XLA's scheduler interleaves them and several groups' slices
@@ -43,7 +43,7 @@ What it took for XLA to keep the saving (measured at 1.0/224, batch 1, CPU):
    instead of 3.5 MB at S=4. `_zeros_after` ties them to the block's input.
 3. Weight slices that are not fused. Slicing a group's weights at the traced
    loop index (`lax.dynamic_slice`) lets XLA fuse the slice into the large
-   elementwise loops (depthwise taps, bias + ReLU6), which then ran ~5x
+   elementwise loops (depthwise taps, bias + ReLU6), which then run ~5x
    slower. The slices come out of a `lax.switch` over static slices instead:
    one copy of the group's weights per iteration (the small ones packed into
    one vector, to keep the number of XLA ops, each ~5 us to launch, down).
@@ -172,7 +172,7 @@ def group_width(channels: int, groups: int, align: int = ALIGN) -> int:
     """Channels per group: ceil(channels / groups), rounded up to a multiple of `align` when
     `groups` groups of that width still each start below `channels` (else unrounded).
 
-    Why: XLA:CPU vectorises over the channel axis; 29- or 20-channel slices ran
+    Why: XLA:CPU vectorises over the channel axis; 29- or 20-channel slices make
     the split model ~15% slower than 32 or 24 (S=5 at 1.0/224).
     """
     width = -(-channels // groups)
@@ -497,8 +497,8 @@ def working_sets(
     activation the shifted depthwise conv reads, and for a stride-1 block also
     the depthwise output (XLA fuses the centre tap to read the expansion's
     output, which then stays alive) -- and the copy of the group's weight
-    slices, which is what dominates in low-resolution blocks. Used to plan
-    splits.
+    slices, which is what dominates in low-resolution blocks. `plan_split`
+    uses it.
     """
     splits = normalize_split(arch, split)
     h = w = resolution
