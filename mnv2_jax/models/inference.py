@@ -10,12 +10,8 @@ import jax
 # whole batch at once streams every activation through memory. Inference only:
 # batch norm uses its running statistics, so every image is independent. A chunk
 # holds at least INFER_CHUNK_SIZE activation units (images x pixels x width
-# multiplier; 8 images at 1.0/224). Whole-model inference on the 2-core test
-# machine under jemalloc, same process, alternating, median ms per batch, whole
-# batch -> chunked: 1.0/224 b32 220 -> 198 (chunks of 8; of 4: 225 -> 200),
-# b128 950 -> 753; 1.0/160 b32 107.5 -> 102.9 (16); 0.5/128 b128 164 -> 141
-# (64). Smaller chunks lost: 1.0/96 b32 in chunks of 8 41.5 -> 45.1, 0.35/96 b32
-# 12.5 -> 15.2; so below the threshold the batch runs whole.
+# multiplier; 8 images at 1.0/224). Smaller chunks are slower than the whole
+# batch on CPU, so below the threshold the batch runs whole.
 INFER_CHUNK_SIZE = 8 * 224 * 224
 
 

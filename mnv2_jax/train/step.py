@@ -33,9 +33,8 @@ def init_compiler_options(backend: str | None = None) -> dict[str, Any]:
     Compiling the initial state is mostly LLVM optimising the random-number
     kernels (threefry and the inverse error function, one per parameter shape),
     for a program that runs once. At level 1 the same values come out bit for
-    bit (`tests/test_steps.py` checks it) and the compile took 4.8-6.2 s instead
-    of 8.9-10.4 s on the 2-core test machine (widths 0.35-1.4, float32 and
-    bfloat16, same process). Level 0 changes the values.
+    bit (`tests/test_steps.py` checks it) and the compile takes about half as
+    long; level 0 changes the values.
     """
     if (backend or jax.default_backend()) != "cpu":
         return {}
@@ -47,10 +46,8 @@ def global_norm(tree: PyTree) -> jax.Array:
     reduction over their concatenation.
 
     Per leaf, XLA compiles a square and a reduction for every distinct leaf
-    shape; over the raveled leaves the 1.0/224 train step has 369 fewer fusions
-    and compiled in 8.5-8.9 s instead of 9.0-14.2 s (four alternating
-    processes each, 2-core test machine), at the same step time (median ratio
-    of 20 alternating steps 0.98, quartiles 0.95-1.04).
+    shape; over the raveled leaves the train step has fewer kernels and
+    compiles faster, at the same step time.
     """
     leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
     return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
