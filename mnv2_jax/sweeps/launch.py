@@ -56,7 +56,7 @@ import tarfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mnv2_jax import storage
+from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.sweeps import sweep_file as sweeps
 from mnv2_jax.sweeps.sweep_file import Run, Sweep
 
@@ -284,13 +284,16 @@ def check_tasks(paths: Sequence[str]) -> None:
 
 
 def write_manifests(sweep: Sweep, root: str, global_overrides: dict[str, Any]) -> None:
-    """ROOT/<run>/sweep.json for every run (analysis joins it with the run's summary)."""
-    for run in sweep.runs:
-        path = f"{root.rstrip('/')}/{run.name}/{sweeps.SWEEP_JSON}"
-        try:
-            sweeps.write_json(path, sweeps.sweep_record(sweep, run, global_overrides))
-        except Exception as e:  # noqa: BLE001 - any storage error: name the path, submit nothing
-            raise LaunchError(f"--workdir {root}: cannot write {path} ({type(e).__name__}: {e})") from None
+    """The sweep manifest in ROOT and ROOT/<run>/sweep.json for every run (analysis reads them)."""
+    path = workdir_lib.path(root, sweep.name + workdir_lib.MANIFEST_SUFFIX)
+    try:
+        workdir_lib.write_sweep_manifest(root, sweeps.manifest(sweep))
+        for run in sweep.runs:
+            path = workdir_lib.path(root, run.name, workdir_lib.SWEEP)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            workdir_lib.write_sweep_record(path.parent, sweeps.sweep_record(sweep, run, global_overrides))
+    except Exception as e:  # noqa: BLE001 - any storage error: name the path, submit nothing
+        raise LaunchError(f"--workdir {root}: cannot write {path} ({type(e).__name__}: {e})") from None
 
 
 def main(
@@ -426,6 +429,7 @@ def wandb_sweep_config(sweep: Sweep, root: str) -> dict[str, Any]:
         "--workdir-root", root,
         "--group", sweep.name,
         "--tags", ",".join(sweep.swept_keys),
+        "--sweep-file", sweep.path,
         *(["--fixed", _key(sweep.fixed)] if sweep.fixed else []),
         "${args}",
     ]  # fmt: skip
@@ -520,6 +524,7 @@ def train_one(
     run_id: str | None = None,
     is_main: bool = True,
     train_fn: Callable[..., Any] | None = None,
+    sweep_file: str | None = None,
 ) -> Any:
     """Train one run of a W&B sweep in `workdir_root/<run name>` (the name `mnv2 sweep run` gives it).
 
@@ -529,11 +534,17 @@ def train_one(
     from mnv2_jax import config as config_lib
 
     base = config_lib.load_config(config_spec)
-    base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
-    config = config_lib.apply_overrides(base, overrides)
-    config_lib.validate_config(config)
+    try:
+        base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
+        config = config_lib.apply_overrides(base, overrides)
+        config_lib.validate_config(config)
+    except ValueError as e:
+        # The run has no name before its config resolves: name it by its W&B id and parameters.
+        what = f"sweep run {run_id}" if run_id else "sweep run"
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ValueError(f"{what} ({shown}): {e}") from None
     name = sweeps.run_name(config_lib.flatten(base), config_lib.flatten(config), list(overrides))
-    workdir = storage.join(workdir_root, name)
+    workdir = str(workdir_lib.path(workdir_root, name))
     wandb_overrides: dict[str, Any] = {"wandb.name": name, "wandb.tags": tuple(tags)}
     if group:
         wandb_overrides["wandb.group"] = group
@@ -543,22 +554,30 @@ def train_one(
         wandb_overrides["wandb.entity"] = entity
     config = config_lib.apply_overrides(config, wandb_overrides)
     if is_main:
-        sweeps.write_json(
-            storage.join(workdir, sweeps.SWEEP_JSON),
-            {
-                "sweep": group,
-                "run": name,
-                "config": config_spec,
-                "fixed": sweeps._jsonable(fixed or {}),
-                "overrides": sweeps._jsonable(overrides),
-                "swept_keys": list(tags),
-                "project": project or config.wandb.project,
-                "wandb_run_id": run_id,
-            },
+        workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_sweep_record(
+            workdir,
+            workdir_lib.sweep_record(
+                sweep=group,
+                run=name,
+                sweep_file=sweep_file,
+                config=config_spec,
+                fixed=sweeps._jsonable(fixed or {}),
+                overrides=sweeps._jsonable(overrides),
+                global_overrides={},
+                swept_keys=list(tags),
+                project=project or config.wandb.project,
+                wandb_run_id=run_id,
+            ),
         )
+        if sweep_file:
+            manifests = workdir_lib.read_sweep_manifests(workdir_root)
+            if not any(m.get("sweep") == group for m in manifests):
+                sweep = sweeps.load_sweep(sweep_file)
+                workdir_lib.write_sweep_manifest(workdir_root, sweeps.manifest(sweep))
         if run_id:
             # mnv2_jax.train.writer reuses the id in this file: metrics go to the run the sweep created.
-            storage.write_text(storage.join(workdir, "wandb_run_id"), run_id)
+            workdir_lib.wandb_run_id(workdir, run_id)
     print(f"sweep run {name}: {workdir}", flush=True)
     if train_fn is None:
         from mnv2_jax.train.loop import train_and_evaluate as train_fn
@@ -579,6 +598,7 @@ def train_one_from_cli(args: argparse.Namespace, overrides: dict[str, Any]) -> A
         project=args.project or os.environ.get("WANDB_PROJECT"),
         entity=os.environ.get("WANDB_ENTITY"),
         run_id=os.environ.get("WANDB_RUN_ID"),
+        sweep_file=args.sweep_file,
     )
 
 
