@@ -170,7 +170,7 @@ class MetricsLog:
         if self._local:
             self._file = open(self._path, "a")  # noqa: SIM115 - kept open for the run
         else:
-            self._records = read_metrics(workdir)
+            self._records = [json.dumps(r) + "\n" for r in read_metrics(workdir)]  # lines, as written
 
     def write(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
         record = {"step": step, **{k: clean(v) for k, v in values.items()}}
