@@ -30,7 +30,7 @@ from test_train import (
     without_timing,
 )
 
-from mnv2_jax.train import writer as metrics
+from mnv2_jax import workdir as workdir_lib
 
 STEPS = 30
 OVERRIDES = {
@@ -134,9 +134,9 @@ def test_two_processes_train_what_one_process_with_two_devices_trains(one_proces
     config = json.loads(read_text(os.path.join(workdir, "config.json")))
     assert config["provenance"]["process_count"] == 2 and len(config["provenance"]["devices"]) == 2
     assert_states_identical(restore_state(workdir), restore_state(one_process_run))
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [10, 20, 30]
-    assert without_timing(records) == without_timing(metrics.read_metrics(one_process_run))
+    assert without_timing(records) == without_timing(workdir_lib.read_metrics(one_process_run))
     summaries = [json.loads(read_text(os.path.join(w, "summary.json"))) for w in (workdir, one_process_run)]
     assert summaries[0]["complete"] and without_timing([summaries[0]]) == without_timing([summaries[1]])
     # Process 0 alone reports progress (and writes the metric files); process 1 trains silently.
@@ -172,4 +172,4 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint(two_process_run, da
     assert f"resuming {workdir} at step {step}/{STEPS}" in texts[0]
     full = two_process_run[0]
     assert_states_identical(restore_state(workdir), restore_state(full))
-    assert without_timing(metrics.read_metrics(workdir)) == without_timing(metrics.read_metrics(full))
+    assert without_timing(workdir_lib.read_metrics(workdir)) == without_timing(workdir_lib.read_metrics(full))
