@@ -127,10 +127,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     from mnv2_jax import config as config_lib
-    from mnv2_jax.train import loop as train
+    from mnv2_jax.data import input_pipeline
 
     config = config_lib.load_config(args.config)
     config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
+    # The dataset first: one that is missing or cannot be downloaded fails in seconds, before
+    # the training stack (JAX, Flax, Orbax) loads.
+    input_pipeline.dataset_info(config)
+    from mnv2_jax.train import loop as train
+
     train.train_and_evaluate(config, args.workdir, overwrite=args.overwrite, profile=args.profile)
 
 
