@@ -68,7 +68,13 @@ def test_info_table(capsys):
 
 
 def test_console_script_table():
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mnv2"), "info"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "mnv2"), "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "total" in proc.stdout and "300,774,272" in proc.stdout
 
