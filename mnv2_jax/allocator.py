@@ -110,16 +110,14 @@ def maybe_reexec(argv: list[str]) -> None:
 #
 # Under jemalloc (no decay) the process holds about one more step's worth of
 # heap once it has grown: a step's temporaries are allocated before the previous
-# step's are handed back, and jemalloc keeps both (peak RSS 10.4-10.8 GiB
-# against 5.9 GiB at 1.0/224 batch 32 in most runs, when that step needed 4.48
-# GiB of temporaries; one allocator arena did not prevent it). So a CPU step
-# that will not fit gets a warning naming a smaller batch (`step_cache`).
+# step's are handed back, and jemalloc keeps both (one allocator arena does not
+# prevent it). So a CPU step that will not fit gets a warning naming a smaller
+# batch (`too_big_for_host`).
 #
 # XLA's memory-minimising scheduler (XLA_FLAGS=
 # --xla_cpu_enable_concurrency_optimized_scheduler=false, read only at process
-# start) used to halve the temporaries; since the depthwise kernel gradient runs
-# in chunks (`layers.depthwise_kernel_grad`) it saves about 1% (2.46 -> 2.43 GiB
-# at 1.0/224 batch 32, 9.78 -> 9.70 GiB at batch 128), so it is not suggested.
+# start) is not suggested: with the depthwise kernel gradient in chunks
+# (`layers.depthwise_kernel_grad`) it saves about 1% of the temporaries.
 #
 # The heap a CPU step needs: its arguments and outputs plus this many times its
 # temporaries (jemalloc keeps a second step's worth; glibc returns it).

@@ -42,6 +42,29 @@ if "jax" in sys.modules:  # a plugin imported JAX first: the env vars came too l
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def classification_loss(label_smoothing: float = 0.0):
+    """The classification task's training loss as a `make_train_step` loss_fn."""
+    from mnv2_jax.tasks.classification.loss import train_loss
+
+    return lambda logits, batch: train_loss(logits, batch["label"], label_smoothing)
+
+
+def model_for(config, num_classes: int):
+    """The module `config` trains (its task's model)."""
+    from mnv2_jax.tasks import get_task
+
+    return get_task(config).model(num_classes)
+
+
+def eval_step_for(model):
+    """The classification eval step: per-batch sums of loss, top-1, top-5 and count."""
+    from mnv2_jax.config import base_config
+    from mnv2_jax.tasks.classification import ClassificationTask
+
+    task = ClassificationTask(base_config())
+    return lambda variables, batch: task.eval_outputs(model, variables, batch)
+
+
 # The tiny model the model tests share: every row of Table 2 with at most two
 # blocks each (so stride-2 blocks, identity blocks with shortcuts and both
 # kinds of block 0 are all present), width 0.35 and an input size whose

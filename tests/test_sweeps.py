@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import pytest
 
 from mnv2_jax import config as config_lib
-from mnv2_jax.sweeps import launch
+from mnv2_jax import workdir as workdir_lib
+from mnv2_jax.sweeps import launch, local
 from mnv2_jax.sweeps import sweep_file as sweeps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -169,6 +170,19 @@ def test_overrides_are_constants_outside_the_names(tmp_path):
         ("add(width=-1.0)", "run w-1.0_r32_t6_s0: width"),
         ("add(width=0.5)\n    add(width=0.5)", "run w0.5_r32_t6_s0 .#1. is identical to run #0"),
         ("add(width=0.5, resolution=16)", "run w0.5_r16_t6_s0: resolution"),
+        # Values are type-checked like --config.KEY=VALUE: the run, the key and the expected type.
+        (
+            "add(width=0.5)\n    add(width=0.5, seed='abc')",
+            r"run #1 \(width=0.5, seed='abc'\): config key 'seed': expected an integer, got 'abc'",
+        ),
+        (
+            "add(**{'augment.flip': 'ture'})",
+            r"run #0 .*: config key 'augment.flip': expected a boolean \(true/false/1/0\), got 'ture'",
+        ),
+        (
+            "add(total_steps=1.5)",
+            r"run #0 .*: config key 'total_steps': expected an integer or None, got 1.5",
+        ),
     ],
 )
 def test_validation_errors_name_the_run(tmp_path, body, message):
@@ -197,6 +211,22 @@ def test_global_overrides_are_validated_for_every_run(tmp_path):
     ):
         sweeps.validate_global_overrides(sweep, {"totl_steps": "3"})
     sweeps.validate_global_overrides(sweep, {"total_steps": "3"})
+    with pytest.raises(
+        ValueError,
+        match=r"run w0.35_r32_t6_s0 with the global overrides: config key 'dropout_rate': expected a float",
+    ):
+        sweeps.validate_global_overrides(sweep, {"dropout_rate": "x"})
+
+
+def test_wandb_agent_runs_are_type_checked(tmp_path):
+    """A W&B sweep run's parameters meet the same checks; the error names the run, nothing is written."""
+    overrides = launch.overrides_from_params({"config.width": 0.5, "config.augment": {"flip": "ture"}})
+    with pytest.raises(
+        ValueError,
+        match=r"sweep run r1 \(width=0.5, augment.flip='ture'\): config key 'augment.flip': expected a boolean",
+    ):
+        launch.train_one(MNIST, str(tmp_path / "root"), overrides, run_id="r1", train_fn=lambda c, w: None)
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize(
@@ -284,7 +314,7 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     sweep = sweeps.load_sweep(path)
     root = tmp_path / "root"
     lines: list[str] = []
-    result = sweeps.run_sweep(
+    result = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -317,7 +347,7 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
 
     # Second invocation: complete runs are skipped (not started again), the failed one is retried.
     lines.clear()
-    again = sweeps.run_sweep(
+    again = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -333,7 +363,7 @@ def test_runner_skips_complete_runs_and_reports_failures(tmp_path, fake_train, m
     # A complete run trained with another config than the sweep's now is reported as stale, not rerun.
     (root / "w0.35_r32_t6_s0" / "config.json").write_text(json.dumps({"optim": {"lr": 0.5}, "width": 0.35}))
     lines.clear()
-    third = sweeps.run_sweep(
+    third = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -368,7 +398,7 @@ def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, mon
 
     threading.Thread(target=stop_when_started, daemon=True).start()
     lines: list[str] = []
-    result = sweeps.run_sweep(
+    result = local.run_sweep(
         sweep, str(root), command_prefix=fake_train, log=lines.append, poll_interval=0.05
     )
     assert result.signal == signal.SIGTERM and result.exit_code == 143
@@ -377,7 +407,7 @@ def test_runner_sigterm_stops_runs_and_a_rerun_resumes(tmp_path, fake_train, mon
     assert calls(first)[0]["cache"] == str(tmp_path / "shared_cache")  # an explicit cache is kept
 
     # Rerun (a shorter run now, through a global override): the stopped run resumes.
-    result = sweeps.run_sweep(
+    result = local.run_sweep(
         sweep,
         str(root),
         {"total_steps": "3"},
@@ -770,7 +800,7 @@ def test_real_sweep_skip_resume_and_failure(tmp_path):
         time.sleep(0.2)
     out, _ = runner.communicate(timeout=300)
     assert runner.returncode == 143, out
-    assert sweeps.is_complete(str(a)) and not sweeps.is_complete(str(b)), out
+    assert workdir_lib.is_complete(str(a)) and not workdir_lib.is_complete(str(b)), out
     assert "interrupted" in out and not bad.exists()
 
     out = subprocess.run(command + ["--parallel", "2"], env=env, capture_output=True, text=True, timeout=400)
@@ -778,7 +808,7 @@ def test_real_sweep_skip_resume_and_failure(tmp_path):
     report = out.stdout
     assert "1 skipped" in report
     assert (a / "train.log").read_text().count("=== mnv2 sweep") == 1  # not started again
-    assert sweeps.is_complete(str(b)) and "resuming" in (b / "train.log").read_text()
+    assert workdir_lib.is_complete(str(b)) and "resuming" in (b / "train.log").read_text()
     assert json.loads((b / "summary.json").read_text())["step"] == 60
     assert f"FAILED {bad.name}" in report and str(bad / "train.log") in report
     summary = json.loads((a / "summary.json").read_text())

@@ -25,15 +25,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import numpy as np
 import pytest
+from conftest import model_for
 
-from mnv2_jax import cli
+from mnv2_jax import cli, runs
 from mnv2_jax import config as config_lib
+from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.data import input_pipeline as data
+from mnv2_jax.tasks import get_task
 from mnv2_jax.train import checkpoint as checkpointing
 from mnv2_jax.train import loop as train
 from mnv2_jax.train import optim
+from mnv2_jax.train import state as state_lib
 from mnv2_jax.train import step as steps
-from mnv2_jax.train import writer as metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "mnist.py")
@@ -83,12 +86,12 @@ def without_timing(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not (k.endswith("_per_sec") or "time" in k)} for r in records]
 
 
-def restore_state(workdir: str) -> steps.TrainState:
+def restore_state(workdir: str) -> state_lib.TrainState:
     """The whole train state of the latest checkpoint (weights, optimizer, EMA, RNG, ...)."""
-    config = checkpointing.read_config(workdir)
-    model = config_lib.model_from_config(config, config.num_classes)
+    config = runs.read_config(workdir)
+    model = model_for(config, config.num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch=1)
-    abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+    abstract = jax.eval_shape(lambda: state_lib.create_train_state(model, tx, config.resolution, 0))
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
         return jax.device_get(checkpointer.restore(abstract))
@@ -96,7 +99,7 @@ def restore_state(workdir: str) -> steps.TrainState:
         checkpointer.close()
 
 
-def assert_states_identical(a: steps.TrainState, b: steps.TrainState) -> None:
+def assert_states_identical(a: state_lib.TrainState, b: state_lib.TrainState) -> None:
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(leaves_a, leaves_b):
@@ -138,7 +141,7 @@ def test_run_writes_the_documented_files(base_run, data_dir):
     assert provenance["backend"] == "cpu" and len(provenance["devices"]) == 8
     assert "jax" in provenance["versions"]
 
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [10, 20, 30]
     for r in records:
         assert set(DESIGN_KEYS) <= r.keys()
@@ -207,7 +210,7 @@ def test_resume_with_a_different_config_is_refused(base_run, tmp_path, data_dir)
     # --overwrite: resumes anyway (the run is complete, so nothing trains) and records the new config.
     summary = train.train_and_evaluate(changed, workdir, overwrite=True)
     assert summary["complete"] and summary["step"] == STEPS and summary["seed"] == 1
-    assert checkpointing.read_config(workdir).seed == 1
+    assert runs.read_config(workdir).seed == 1
     assert checkpoint_steps(workdir) == [10, 20, 30]
 
 
@@ -215,9 +218,9 @@ def test_more_total_steps_extends_the_run(base_run, tmp_path, data_dir):
     workdir = copy_run(base_run, tmp_path)
     summary = train.train_and_evaluate(make_config(data_dir, total_steps=40), workdir)
     assert summary["complete"] and summary["step"] == 40 and summary["total_steps"] == 40
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [10, 20, 30, 40]
-    assert without_timing(records[:3]) == without_timing(metrics.read_metrics(base_run[0]))
+    assert without_timing(records[:3]) == without_timing(workdir_lib.read_metrics(base_run[0]))
     assert set(EVAL_KEYS) <= records[-1].keys()
     assert checkpoint_steps(workdir) == [10, 20, 30, 40]
     assert int(restore_state(workdir).step) == 40
@@ -254,7 +257,9 @@ def _interrupt_after_first_checkpoint(workdir: str, data_dir: str, sig: int, tmp
 
 def _assert_same_as_base(workdir: str, base_run) -> None:
     assert_states_identical(restore_state(workdir), restore_state(base_run[0]))
-    assert without_timing(metrics.read_metrics(workdir)) == without_timing(metrics.read_metrics(base_run[0]))
+    assert without_timing(workdir_lib.read_metrics(workdir)) == without_timing(
+        workdir_lib.read_metrics(base_run[0])
+    )
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     assert without_timing([summary]) == without_timing([json.loads(json.dumps(base_run[1]))])
@@ -291,7 +296,7 @@ def test_sigterm_checkpoints_and_rerun_is_bit_identical(base_run, tmp_path, data
     assert 10 <= step <= STEPS
     assert checkpoint_steps(workdir)[-1] == step
     assert int(restore_state(workdir).step) == step
-    assert max(r["step"] for r in metrics.read_metrics(workdir)) <= step
+    assert max(r["step"] for r in workdir_lib.read_metrics(workdir)) <= step
 
     # Resume in-process (the same config through the API): ends bit-identical to the uninterrupted run.
     summary = train.train_and_evaluate(make_config(data_dir), workdir)
@@ -317,14 +322,16 @@ def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert "(step 3)" in str(info.value)
     assert checkpoint_steps(workdir) == [3]
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
-    module, variables, config = checkpointing.load_run(workdir, ema=False)
+    module, variables, config = runs.load_run(workdir, ema=False)
     assert config.total_steps == STEPS
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(variables))
     assert int(restore_state(workdir).step) == 3
 
 
-# A value for every key of `train._NOT_READ_BY_STEPS` (or one inside it), each unlike `make_config`'s.
-NOT_READ_ALTERNATES = {
+# Config keys a sweep varies (seed, learning rate, weight decay) or that only the input pipeline and
+# the bookkeeping read: none of them may change the compiled steps, so a sweep over them compiles
+# once and every later run loads the steps from the persistent compilation cache.
+NOT_COMPILED = {
     "seed": 7, "wandb.mode": "disabled", "progress": False, "log_every_steps": 3, "eval_every_steps": 7,
     "checkpoint_every_steps": 5, "keep_checkpoints": 1, "init_from": "/elsewhere", "data_dir": "/elsewhere",
     "download": True, "cache": False, "shuffle_buffer": 10, "augment.flip": False, "eval_crop": 1.0,
@@ -334,44 +341,40 @@ NOT_READ_ALTERNATES = {
 }  # fmt: skip
 
 
-def test_keys_left_out_of_the_step_cache_key_do_not_change_the_steps(data_dir):
-    """Runs whose configs differ only in `_NOT_READ_BY_STEPS` load each other's compiled steps
-    (`mnv2_jax.train.step_cache`), so those keys must not change the traced programs."""
-    listed = set(train._NOT_READ_BY_STEPS)  # 'augment' and 'wandb' stand for their whole sub-dicts
-    assert {k if k in listed else k.split(".")[0] for k in NOT_READ_ALTERNATES} == listed
-    base = make_config(data_dir)
-    other = config_lib.apply_overrides(make_config(data_dir), NOT_READ_ALTERNATES)
-    assert train.step_cache_key(base, num_classes=10) == train.step_cache_key(other, num_classes=10)
-    changed = config_lib.apply_overrides(make_config(data_dir), {"optim.momentum": 0.5})
-    assert train.step_cache_key(changed, num_classes=10) != train.step_cache_key(base, num_classes=10)
-
+def test_swept_scalars_and_data_keys_do_not_change_the_compiled_steps(data_dir):
     def lowered(config):
-        model = config_lib.model_from_config(config, 10)
-        tx = optim.create_optimizer(config, steps_per_epoch=140)  # `extra` in the key: the same here
+        config = train.resolve_config(config, 10)
+        task = get_task(config)
+        model = task.model(10)
+        tx = optim.create_optimizer(config, steps_per_epoch=140)
         opt = optim.resolve_optim(config)
         step = steps.make_train_step(
-            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"],
-            bn_groups=train.bn_groups(config),
-        )  # fmt: skip
-        state = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+            model, tx, loss_fn=task.loss, ema_decay=opt["ema_decay"], bn_groups=train.bn_groups(config)
+        )
+        state = jax.eval_shape(
+            lambda: state_lib.create_train_state(model, tx, config.resolution, 0, task.train_metrics)
+        )
         batch = {
             "image": jax.ShapeDtypeStruct(
                 (config.batch_size, config.resolution, config.resolution, 3), np.float32
             ),
             "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32),
         }
-        variables = steps.eval_variables(state, ema=True)
+        variables = state_lib.eval_variables(state, ema=True)
         return (
             jax.jit(step).lower(state, batch).as_text(),
-            jax.jit(steps.make_eval_step(model)).lower(variables, batch).as_text(),
+            jax.jit(lambda v, b: task.eval_outputs(model, v, b)).lower(variables, batch).as_text(),
         )
 
-    assert lowered(base) == lowered(other)
+    base = make_config(data_dir)
+    assert lowered(base) == lowered(config_lib.apply_overrides(make_config(data_dir), NOT_COMPILED))
+    changed = config_lib.apply_overrides(make_config(data_dir), {"optim.momentum": 0.5})
+    assert lowered(changed)[0] != lowered(base)[0]  # the comparison can see a change
 
 
 def test_eval_counts_every_example_once(base_run):
     workdir, summary = base_run
-    result = train.evaluate_workdir(workdir)
+    result = runs.evaluate_workdir(workdir)
     assert result["step"] == STEPS
     assert result["eval/examples"] == result["eval_ema/examples"] == EVAL_EXAMPLES
     # Re-evaluating the final checkpoint gives what the run logged at its last step.
@@ -391,7 +394,7 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
     assert summary["complete"]
     runs = glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
     assert runs, os.listdir(workdir)
-    run_id = read_text(os.path.join(workdir, metrics.WANDB_ID_FILE)).strip()
+    run_id = read_text(os.path.join(workdir, workdir_lib.WANDB_ID)).strip()
     assert any(run.endswith(run_id) for run in runs)
 
 
@@ -402,6 +405,9 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
         ({"wandb.mode": "sometimes"}, r"'wandb.mode'.*'offline'.*'sometimes'"),
         ({"total_epochs": 3.0}, r"'total_steps' and 'total_epochs'"),
         ({"batch_size": 0}, r"'batch_size'"),
+        # The 8 simulated devices (tests/conftest.py): global batches must split over them.
+        ({"batch_size": 30}, r"'batch_size': 30 does not split evenly over 8 devices; .* 24 or 32"),
+        ({"eval_batch_size": 60}, r"'eval_batch_size': 60 .* 56 or 64"),
     ],
 )
 def test_invalid_value_is_refused_before_anything_runs(tmp_path, data_dir, overrides, pattern):
@@ -450,7 +456,7 @@ def test_offline_mnist_learns(tmp_path, data_dir):
         checkpoint_every_steps=150,
     )
     summary = train.train_and_evaluate(config, workdir)
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [50, 100, 150]
     assert records[-1]["train/loss"] < 0.75 * records[0]["train/loss"]
     assert summary["eval/top1"] > 0.6 and summary["eval_ema/top1"] > 0.6, summary

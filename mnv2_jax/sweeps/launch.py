@@ -50,6 +50,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.sweeps import sweep_file as sweeps
 from mnv2_jax.sweeps.sweep_file import Run, Sweep
 
@@ -384,6 +385,7 @@ def wandb_sweep_config(sweep: Sweep, root: str) -> dict[str, Any]:
         "--workdir-root", root,
         "--group", sweep.name,
         "--tags", ",".join(sweep.swept_keys),
+        "--sweep-file", sweep.path,
         *(["--fixed", _key(sweep.fixed)] if sweep.fixed else []),
         "${args}",
     ]  # fmt: skip
@@ -478,6 +480,7 @@ def train_one(
     run_id: str | None = None,
     is_main: bool = True,
     train_fn: Callable[..., Any] | None = None,
+    sweep_file: str | None = None,
 ) -> Any:
     """Train one run of a W&B sweep in `workdir_root/<run name>` (the name `mnv2 sweep run` gives it).
 
@@ -487,9 +490,15 @@ def train_one(
     from mnv2_jax import config as config_lib
 
     base = config_lib.load_config(config_spec)
-    base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
-    config = config_lib.apply_overrides(base, overrides)
-    config_lib.validate_config(config)
+    try:
+        base = config_lib.apply_overrides(base, sweeps.literal_overrides(fixed or {}))
+        config = config_lib.apply_overrides(base, overrides)
+        config_lib.validate_config(config)
+    except ValueError as e:
+        # The run has no name before its config resolves: name it by its W&B id and parameters.
+        what = f"sweep run {run_id}" if run_id else "sweep run"
+        shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ValueError(f"{what} ({shown}): {e}") from None
     name = sweeps.run_name(config_lib.flatten(base), config_lib.flatten(config), list(overrides))
     workdir = os.path.join(workdir_root, name)
     wandb_overrides: dict[str, Any] = {"wandb.name": name, "wandb.tags": tuple(tags)}
@@ -502,23 +511,29 @@ def train_one(
     config = config_lib.apply_overrides(config, wandb_overrides)
     if is_main:
         os.makedirs(workdir, exist_ok=True)
-        sweeps.write_json(
-            os.path.join(workdir, sweeps.SWEEP_JSON),
-            {
-                "sweep": group,
-                "run": name,
-                "config": config_spec,
-                "fixed": sweeps._jsonable(fixed or {}),
-                "overrides": sweeps._jsonable(overrides),
-                "swept_keys": list(tags),
-                "project": project or config.wandb.project,
-                "wandb_run_id": run_id,
-            },
+        workdir_lib.write_sweep_record(
+            workdir,
+            workdir_lib.sweep_record(
+                sweep=group,
+                run=name,
+                sweep_file=sweep_file,
+                config=config_spec,
+                fixed=sweeps._jsonable(fixed or {}),
+                overrides=sweeps._jsonable(overrides),
+                global_overrides={},
+                swept_keys=list(tags),
+                project=project or config.wandb.project,
+                wandb_run_id=run_id,
+            ),
         )
+        if sweep_file:
+            manifests = workdir_lib.read_sweep_manifests(workdir_root)
+            if not any(m.get("sweep") == group for m in manifests):
+                sweep = sweeps.load_sweep(sweep_file)
+                workdir_lib.write_sweep_manifest(workdir_root, sweeps.manifest(sweep))
         if run_id:
             # mnv2_jax.train.writer reuses the id in this file: metrics go to the run the sweep created.
-            with open(os.path.join(workdir, "wandb_run_id"), "w") as f:
-                f.write(run_id)
+            workdir_lib.wandb_run_id(workdir, run_id)
     print(f"sweep run {name}: {workdir}", flush=True)
     if train_fn is None:
         from mnv2_jax.train.loop import train_and_evaluate as train_fn
@@ -539,6 +554,7 @@ def train_one_from_cli(args: argparse.Namespace, overrides: dict[str, Any]) -> A
         project=args.project or os.environ.get("WANDB_PROJECT"),
         entity=os.environ.get("WANDB_ENTITY"),
         run_id=os.environ.get("WANDB_RUN_ID"),
+        sweep_file=args.sweep_file,
     )
 
 

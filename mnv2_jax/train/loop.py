@@ -14,6 +14,11 @@ parameters, optimizer state, EMA, batch-norm statistics, step, RNG and the
 input position, and so ends bit-identical to an uninterrupted run on CPU. A
 non-finite loss or gradient stops the run naming the step; the last good
 checkpoint stays.
+
+The loop knows nothing of what is trained: the task (`mnv2_jax.tasks`, chosen by
+`config.task`) supplies the model, the input pipeline, the loss and the evaluator.
+Compiled steps are kept in JAX's persistent compilation cache, so a rerun or the
+next run of a sweep with the same shapes does not compile again.
 """
 
 from __future__ import annotations
@@ -29,21 +34,20 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnv2_jax import accounting
+from mnv2_jax import allocator, tasks
 from mnv2_jax import config as config_lib
-from mnv2_jax.data import input_pipeline as data
-from mnv2_jax.train import checkpoint as checkpointing
-from mnv2_jax.train import optim, step_cache
-from mnv2_jax.train import step as steps
-from mnv2_jax.train import writer as metrics
+from mnv2_jax import workdir as workdir_lib
+from mnv2_jax.train import checkpoint, optim
+from mnv2_jax.train import state as state_lib
+from mnv2_jax.train import step as step_lib
+from mnv2_jax.train import writer as writer_lib
 
-COMPLETE_KEY = "complete"
+COMPLETE_KEY = workdir_lib.COMPLETE_KEY
 
 
 class NonFiniteError(RuntimeError):
@@ -133,11 +137,10 @@ def _comparable(cfg: dict) -> dict:
 
 def check_workdir(workdir: str, resolved: ml_collections.ConfigDict, overwrite: bool) -> None:
     """Refuse to resume a workdir that holds a different config (unless --overwrite)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    found = workdir_lib.read_config(workdir)
+    if found is None:
         return
-    with open(path) as f:
-        stored = _comparable(json.load(f))
+    stored = _comparable(found)
     current = _comparable(json.loads(resolved.to_json()))
     differing = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differing and not overwrite:
@@ -155,31 +158,6 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return max(1, math.ceil(config.total_epochs * steps_per_epoch))
 
 
-# Config keys that the compiled steps do not read: runs that differ only in these share their
-# compiled steps (`mnv2_jax.train.step_cache`), so a seed or learning-rate sweep compiles its train step
-# once. The data's keys reach the steps only as shapes (in the cache key anyway); the peak learning
-# rate and the weight decay only as initial values of the optimizer state (`optim.set_hyperparams`).
-# `tests/test_train.py` checks that changing all of them leaves the lowered steps unchanged.
-_NOT_READ_BY_STEPS = (
-    "seed", "wandb", "progress", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-    "keep_checkpoints", "init_from", "data_dir", "download", "cache", "shuffle_buffer", "augment", "eval_crop",
-    "dataset", "train_split", "eval_split", "num_train_examples", "num_eval_examples", "eval_batch_size",
-    "total_epochs", "total_steps", "optim.lr", "optim.lr_reference_batch", "optim.weight_decay",
-)  # fmt: skip
-
-
-def step_cache_key(config: ml_collections.ConfigDict, **extra: Any) -> dict:
-    """What the compiled steps depend on: the config (less `_NOT_READ_BY_STEPS`) and `extra`."""
-    values = json.loads(config.to_json())
-    for dotted in _NOT_READ_BY_STEPS:
-        *parents, name = dotted.split(".")
-        node = values
-        for parent in parents:
-            node = node.get(parent) or {}
-        node.pop(name, None)
-    return {"config": values, **extra}
-
-
 def bn_groups(config: ml_collections.ConfigDict) -> int:
     """How many independent batch-norm groups the global batch splits into."""
     if config.bn_group_size is None:
@@ -191,32 +169,29 @@ def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def evaluate(eval_step, variables, config: ml_collections.ConfigDict, sharding: NamedSharding) -> dict:
-    """Loss, top-1 and top-5 over every example of the eval split (exactly once)."""
-    totals = None
-    for local in data.eval_iterator(config):
-        sums = eval_step(variables, _global_batch(local, sharding))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {
-        "loss": float(totals["loss"]) / count,
-        "top1": float(totals["top1"]) / count,
-        "top5": float(totals["top5"]) / count,
-        "examples": int(count),
-    }
+def evaluate(task, eval_step, variables, sharding: NamedSharding) -> dict:
+    """The task's eval metrics over every example of the eval split (exactly once)."""
+    evaluator = task.evaluator()
+    for local in task.eval_iterator():
+        evaluator.add(eval_step(variables, _global_batch(local, sharding)))
+    return evaluator.result()
 
 
-def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
-    """Start from another run's (or an imported) checkpoint: matching arrays are copied."""
+def make_eval_step(task, model, replicated: NamedSharding, batch_sharding: NamedSharding):
+    """The task's eval contribution of one batch, jitted over the mesh."""
+    return jax.jit(
+        lambda variables, batch: task.eval_outputs(model, variables, batch),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=replicated,
+    )
+
+
+def _load_init_from(path: str, state: state_lib.TrainState) -> state_lib.TrainState:
+    """Start from another run's (or imported) weights: arrays of matching name and shape are copied."""
+    import jax.numpy as jnp
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    if os.path.exists(os.path.join(path, "variables.msgpack")):
-        from mnv2_jax.tools.interop.keras import load_imported
-
-        variables = load_imported(path)
-    else:
-        _, variables, _ = checkpointing.load_run(path, ema=True)
+    variables = checkpoint.load_variables(path, ema=True)
     out = {}
     for collection in ("params", "batch_stats"):
         target = flatten_dict(getattr(state, collection))
@@ -238,15 +213,29 @@ def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
     )
 
 
-def _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log=None):
-    return step_cache.cached_jit(
-        steps.make_eval_step(model),
-        name="eval_step",
-        key=step_cache_key(config, num_classes=num_classes),
-        in_shardings=(replicated, batch_sharding),
-        out_sharding=replicated,
-        log=log,
-    )
+def compile_train_step(train_step, state, batch, log) -> Any:
+    """Compile the train step for these shapes (from the persistent cache when it has them),
+    saying how long it took and, on CPU, whether it fits in host memory."""
+    start = time.perf_counter()
+    if log:
+        log("compiling the train step ...")
+    compiled = train_step.lower(state, batch).compile()
+    if log:
+        log(f"train step ready in {time.perf_counter() - start:.1f} s")
+    if allocator.too_big_for_host(compiled):
+        need = allocator.step_heap_bytes(compiled) or 0
+        available = allocator.available_host_bytes() or 0
+        batch_size = int(batch["image"].shape[0])
+        fits = allocator.FIT_FRACTION * available / max(need, 1)
+        smaller = max(jax.device_count(), int(batch_size * fits) // jax.device_count() * jax.device_count())
+        print(
+            f"WARNING: the train step needs about {need / 2**30:.1f} GiB of host memory, more than "
+            f"{allocator.FIT_FRACTION:.0%} of the {available / 2**30:.1f} GiB available; the process may be "
+            f"killed for memory. --config.batch_size={smaller} should fit (estimated from this step's size).",
+            file=sys.stderr,
+            flush=True,
+        )
+    return compiled
 
 
 def train_and_evaluate(
@@ -255,24 +244,25 @@ def train_and_evaluate(
     """Train (or resume) the run in `workdir`; returns the summary."""
     config_lib.validate_config(config)
     maybe_initialize_distributed()
+    config_lib.validate_batch_sizes(config, jax.device_count(), jax.process_count())
     enable_compilation_cache()
     is_main = jax.process_index() == 0
 
-    info = data.dataset_info(config)
+    info = tasks.get_task(config).dataset_info()
     num_classes = config.num_classes or info.num_classes
     resolved = resolve_config(config, num_classes)
-    steps_per_epoch = data.steps_per_epoch(config)
+    task = tasks.get_task(resolved)
+    steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
     n_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps or steps_per_epoch
 
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
     check_workdir(workdir, resolved, overwrite)
-    arch = config_lib.architecture_from_config(config, num_classes)
-    counts = accounting.count(arch, config.resolution)
+    counts = task.count(num_classes)
     if is_main:
         stored = json.loads(resolved.to_json())
         stored["provenance"] = provenance()
-        metrics.write_json(os.path.join(workdir, "config.json"), stored)
+        workdir_lib.write_config(workdir, stored)
 
     # Model, optimizer, state, sharded over one 'data' axis of every device.
     mesh = data_mesh()
@@ -284,16 +274,18 @@ def train_and_evaluate(
             f"config key 'bn_group_size': {groups} groups do not tile {jax.device_count()} devices; "
             "choose a group size that makes the group count a multiple or divisor of the device count"
         )
-    model = config_lib.model_from_config(config, num_classes)
+    model = task.model(num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch)
     opt = optim.resolve_optim(config)
     state = jax.jit(
-        lambda: steps.create_train_state(model, tx, config.resolution, config.seed),
+        lambda: state_lib.create_train_state(
+            model, tx, config.resolution, config.seed, metric_names=task.train_metrics
+        ),
         out_shardings=replicated,
-        compiler_options=steps.init_compiler_options(),
+        compiler_options=step_lib.init_compiler_options(),
     )()
 
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+    checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     restored = checkpointer.restore(state)
     if restored is not None:
         state = jax.device_put(restored, replicated)
@@ -301,12 +293,11 @@ def train_and_evaluate(
         state = jax.device_put(_load_init_from(config.init_from, state), replicated)
     start_step = int(state.step)
     if is_main:
-        metrics.truncate_metrics(workdir, start_step)
+        workdir_lib.truncate_metrics(workdir, start_step)
 
     summary_values = {
-        "madds": counts.madds,
-        "params": counts.params,
-        "params_bn": counts.params_bn,
+        **counts,
+        "task": task.name,
         "width": config.width,
         "resolution": config.resolution,
         "expansion": config.expansion,
@@ -318,24 +309,18 @@ def train_and_evaluate(
         "total_steps": n_steps,
     }
     wandb_config = {**json.loads(resolved.to_json()), **{k: summary_values[k] for k in ("madds", "params")}}
-    writer = metrics.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
-    progress = metrics.Progress(n_steps, enabled=is_main and config.progress)
+    writer = writer_lib.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
+    progress = writer_lib.Progress(n_steps, enabled=is_main and config.progress)
 
-    # Jitted, with the executable kept beside the compilation cache: a rerun neither traces nor compiles.
-    log = print if is_main and config.progress else None
-    train_step = step_cache.cached_jit(
-        steps.make_train_step(
-            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"], bn_groups=groups
-        ),
-        name="train_step",
-        key=step_cache_key(config, num_classes=num_classes, steps_per_epoch=steps_per_epoch),
+    log = (lambda message: print(message, flush=True)) if is_main and config.progress else None
+    train_step = jax.jit(
+        step_lib.make_train_step(model, tx, loss_fn=task.loss, ema_decay=opt["ema_decay"], bn_groups=groups),
         in_shardings=(replicated, batch_sharding),
-        out_sharding=replicated,
+        out_shardings=replicated,
         donate_argnums=(0,),
-        log=log,
     )
-    reset = jax.jit(steps.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
-    eval_step = _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log)
+    reset = jax.jit(state_lib.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
+    eval_step = make_eval_step(task, model, replicated, batch_sharding)
 
     sigterm = {"received": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
@@ -346,7 +331,7 @@ def train_and_evaluate(
         for prefix, ema in (("eval", False), ("eval_ema", True)):
             if ema and not opt["ema_decay"]:
                 continue
-            result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
+            result = evaluate(task, eval_step, state_lib.eval_variables(state, ema), batch_sharding)
             values.update({f"{prefix}/{k}": v for k, v in result.items() if k != "examples"})
         values["eval/time_sec"] = time.time() - t0
         if is_main and config.progress:
@@ -369,7 +354,7 @@ def train_and_evaluate(
                 )
         pending.clear()
 
-    train_iter = data.train_iterator(config, start_step)
+    train_iter = task.train_iterator(start_step)
     if start_step and is_main:
         print(f"resuming {workdir} at step {start_step}/{n_steps}", flush=True)
     last_log_time, last_log_step = time.time(), start_step
@@ -381,6 +366,9 @@ def train_and_evaluate(
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
                 profiling = True
             batch = _global_batch(next(train_iter), batch_sharding)
+            if step == start_step:  # compile once, on the first batch's shapes
+                train_step = compile_train_step(train_step, state, batch, log)
+                last_log_time = time.time()  # rates and the ETA leave the compile out
             state, step_metrics = train_step(state, batch)
             step += 1
             pending.append((step, step_metrics["finite"]))
@@ -396,11 +384,13 @@ def train_and_evaluate(
                 check_finite()
                 sums = jax.device_get(state.metric_sums)
                 state = reset(state)
+                train_values = {
+                    f"train/{k}": float(v / sums["steps"]) for k, v in sums.items() if k != "steps"
+                }
                 now = time.time()
                 steps_per_sec = (step - last_log_step) / max(now - last_log_time, 1e-9)
                 record = {
-                    "train/loss": float(sums[0] / sums[2]),
-                    "train/top1": float(sums[1] / sums[2]),
+                    **train_values,
                     "lr": float(jax.device_get(step_metrics["lr"])),
                     "train/images_per_sec": steps_per_sec * config.batch_size,
                     "train/step_time_sec": 1.0 / steps_per_sec,
@@ -445,36 +435,7 @@ def train_and_evaluate(
 
 def _final_eval(workdir: str, run_eval, step: int) -> dict:
     """The last logged eval values (the loop evaluates at the last step)."""
-    for record in reversed(metrics.read_metrics(workdir)):
-        if record.get("step") == step and "eval/top1" in record:
+    for record in reversed(workdir_lib.read_metrics(workdir)):
+        if record.get("step") == step and any(k.startswith("eval/") and "time" not in k for k in record):
             return {k: v for k, v in record.items() if k.startswith("eval")}
     return run_eval(step)
-
-
-def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
-    """`mnv2 eval`: a run's checkpoint (raw and EMA) on its eval split."""
-    enable_compilation_cache()
-    config = checkpointing.read_config(workdir)
-    model = config_lib.model_from_config(config, config.num_classes)
-    tx = optim.create_optimizer(config, steps_per_epoch=1)
-    mesh = data_mesh()
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    eval_step = _cached_eval_step(model, config, config.num_classes, replicated, batch_sharding)
-    if os.path.exists(os.path.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
-        from mnv2_jax.tools.interop.keras import load_imported
-
-        variables = jax.device_put(load_imported(workdir), replicated)
-        result = evaluate(eval_step, variables, config, batch_sharding)
-        return {"workdir": workdir, "dataset": config.dataset, **{f"eval/{k}": v for k, v in result.items()}}
-    abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
-    checkpointer = checkpointing.Checkpointer(workdir)
-    state = checkpointer.restore(abstract, step)
-    checkpointer.close()
-    if state is None:
-        raise ValueError(f"{workdir}: no checkpoint to evaluate")
-    state = jax.device_put(state, replicated)
-    out: dict[str, Any] = {"workdir": workdir, "step": int(state.step), "dataset": config.dataset}
-    for prefix, ema in (("eval", False), ("eval_ema", True)):
-        result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding)
-        out.update({f"{prefix}/{k}": v for k, v in result.items()})
-    return out
