@@ -34,7 +34,7 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, requests.exceptions.Timeout):
         return "no answer in time"
     if "resolve" in text or "Name or service not known" in text or "getaddrinfo" in text:
-        return "the host name does not resolve (no network?)"
+        return "its host name does not resolve; no network?"
     if isinstance(error, requests.exceptions.ConnectionError):
         return "connection failed"
     return type(error).__name__
