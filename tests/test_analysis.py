@@ -393,6 +393,35 @@ def test_nothing_to_plot_is_an_error(tmp_path, capsys):
     assert "no run directories" in capsys.readouterr().err
 
 
+# Roots that do not vary what a figure compares (the smoke sweep's 0.35 and 0.5 at 224, both
+# linear, bottleneck residual, t=6; or one run), with the key and sweep file the refusal names.
+UNVARIED = {
+    "fig5": ([(1.0, 0.70)], "one point", "sweeps/width_resolution.py"),
+    "fig6a": (
+        [(0.35, 0.60), (0.5, 0.65)],
+        "bottleneck_activation ('linear')",
+        "sweeps/bottleneck_activation.py",
+    ),
+    "fig6b": ([(0.35, 0.60), (0.5, 0.65)], "residual ('bottleneck')", "sweeps/residual.py"),
+    "expansion": ([(0.35, 0.60), (0.5, 0.65)], "expansion (6.0)", "sweeps/expansion.py"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNVARIED))
+def test_a_figure_of_a_root_that_does_not_vary_its_subject_is_refused(tmp_path, kind, capsys):
+    runs, lacks, sweep_file = UNVARIED[kind]
+    root = str(tmp_path / "root")
+    for width, top1 in runs:
+        write_run(root, f"w{width:g}_r224_t6_s0", run_summary(width, 224, top1), run_records(top1))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", kind, root])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mnv2 plot: error: {kind}: ")
+    assert root in line and lacks in line and sweep_file in line
+    assert not os.path.exists(os.path.join(root, "plots"))
+
+
 def test_nan_values_in_logs_do_not_break_loading(tmp_path):
     records = run_records(0.6)
     records.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})

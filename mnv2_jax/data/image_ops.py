@@ -13,7 +13,9 @@ from typing import Any
 
 def _tf():
     """Import TensorFlow with GPUs hidden: JAX owns the accelerators, tf.data runs on the host."""
-    import tensorflow as tf
+    from mnv2_jax import quiet
+
+    tf = quiet.import_tensorflow()  # without its C++ start-up banners
 
     try:
         tf.config.set_visible_devices([], "GPU")

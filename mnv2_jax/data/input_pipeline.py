@@ -160,12 +160,17 @@ _AUGMENT_KEYS = (
 
 
 def _builder(settings: InputConfig):
-    """The TFDS builder for `settings.dataset`, with the ValueErrors a user can act on."""
-    _tf()
+    """The TFDS builder for `settings.dataset`, with the ValueErrors a user can act on.
+
+    TensorFlow is imported (GPUs hidden) only once the dataset is known to be at hand or
+    downloadable: finding the builder and checking the download host need TFDS alone, so a
+    dataset that cannot be had fails without the seconds TensorFlow takes to load.
+    """
     import tensorflow_datasets as tfds
 
     name = settings.dataset
     if name in LOCAL_DATASETS:
+        _tf()  # before TFDS writes anything with it
         module = importlib.import_module(LOCAL_DATASETS[name])  # registers the name with TFDS
         module.ensure_prepared(settings.data_dir)
     try:
@@ -178,16 +183,28 @@ def _builder(settings: InputConfig):
             f"Closest names: {close or 'none'}; e.g. {list(EXAMPLE_DATASETS)}. "
             "`tfds.list_builders()` lists them all."
         ) from error
-    if not builder.is_prepared() and settings.download:
+    if not is_prepared(builder) and settings.download:
         _download_and_prepare(builder)
-    if not builder.is_prepared() and not _readable(builder, settings.train_split):
+    _tf()
+    if not is_prepared(builder) and not _readable(builder, settings.train_split):
         raise ValueError(_not_prepared_message(builder))
     return builder
+
+
+def is_prepared(builder) -> bool:
+    """`builder.is_prepared()`, without the warning TFDS logs when the dataset's folder is absent."""
+    return builder.data_path.exists() and builder.is_prepared()
 
 
 def _download_and_prepare(builder) -> None:
     import filelock
 
+    from mnv2_jax.data import download
+
+    # Fail in seconds, before anything is written, when the download host does not answer
+    # (TFDS itself would retry for minutes).
+    download.check_reachable(builder)
+    _tf()
     root = os.fspath(builder.data_dir_root)
     os.makedirs(root, exist_ok=True)
     with filelock.FileLock(os.path.join(root, f"{builder.name}.lock")):
