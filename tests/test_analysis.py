@@ -13,6 +13,7 @@ import statistics
 import pytest
 
 from mnv2_jax import accounting, cli, spec
+from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.analysis import figures, records, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,19 +165,25 @@ def test_unfinished_runs_are_reported_by_name_and_skipped(roots, capsys):
     assert os.path.join(roots["grid"], "plots", "table.md") in captured.out
 
 
-def test_runs_a_sweep_never_started_are_reported(roots, tmp_path, capsys):
-    sweep_file = tmp_path / "grid_sweep.py"
-    sweep_file.write_text(
-        f"NAME = 'grid'\nCONFIG = {os.path.join(REPO, 'configs', 'mnist.py')!r}\nWANDB_PROJECT = 'p'\n"
-        "SEEDS = 1\n\ndef sweep(add):\n    add(width=0.35, resolution=96)\n    add(width=0.75, resolution=224)\n"
+def test_runs_a_sweep_never_started_are_reported(roots, capsys):
+    """The sweep root's manifest lists every run of the sweep; runs without a folder are named."""
+    present = sorted(n for n in os.listdir(roots["grid"]) if not n.startswith("."))
+    workdir_lib.write_sweep_manifest(
+        roots["grid"],
+        workdir_lib.sweep_manifest(
+            sweep="grid",
+            sweep_file="sweeps/grid.py",
+            config="configs/mnist.py",
+            project="p",
+            swept_keys=["width", "resolution"],
+            runs=[*present, "w0.75_r224_t6_s0"],
+        ),
     )
-    with open(os.path.join(roots["grid"], "w0.35_r96_t6_s0", "sweep.json"), "w") as f:
-        json.dump({"sweep": "grid", "run": "w0.35_r96_t6_s0", "sweep_file": str(sweep_file)}, f)
     runs = records.load_runs([roots["grid"]])
     err = capsys.readouterr().err
     assert len(runs) == 5
     assert f"missing run w0.75_r224_t6_s0 of sweep grid: no workdir {roots['grid']}" in err
-    assert "missing run w0.35_r96_t6_s0" not in err
+    assert not any(f"missing run {name}" in err for name in present)
 
 
 def test_the_same_seed_twice_is_reported_and_counted_once(roots, tmp_path, capsys):
@@ -423,9 +430,9 @@ def test_a_figure_of_a_root_that_does_not_vary_its_subject_is_refused(tmp_path, 
 
 
 def test_nan_values_in_logs_do_not_break_loading(tmp_path):
-    records = run_records(0.6)
-    records.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})
-    write_run(str(tmp_path), "w1_r224_t6_s0", run_summary(1.0, 224, 0.6), records)
+    lines = run_records(0.6)
+    lines.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})
+    write_run(str(tmp_path), "w1_r224_t6_s0", run_summary(1.0, 224, 0.6), lines)
     (run,) = records.load_runs([str(tmp_path / "w1_r224_t6_s0")])
     assert math.isnan(run.images_per_sec[-1])
     assert records.aggregate([run])[0].images_per_sec() == pytest.approx(105.0)
