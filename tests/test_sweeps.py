@@ -426,8 +426,8 @@ def test_cli_run_exit_code(tmp_path, fake_train, monkeypatch):
     from mnv2_jax import cli
 
     path = write_sweep(tmp_path, "def sweep(add):\n    add(dataset='fail_me')\n")
-    real = sweeps.run_sweep
-    monkeypatch.setattr(sweeps, "run_sweep", lambda *a, **k: real(*a, **k, command_prefix=fake_train))
+    real = local.run_sweep
+    monkeypatch.setattr(local, "run_sweep", lambda *a, **k: real(*a, **k, command_prefix=fake_train))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sweep", "run", path, "--workdir", str(tmp_path / "root"), "--config.total_steps=2"])
     assert exit_info.value.code == 1
