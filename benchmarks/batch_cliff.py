@@ -1,7 +1,8 @@
 """Where does the per-image cost of training jump as the batch grows?
 
-On one H200 our bf16 train step at 1.0/224 ran at 12,199 images/s at batch
-1024 and 2,159 at batch 2048 (`torch.compile`: 11,599 and 7,111). The suspect:
+On one H200 our bf16 train step at 1.0/224 is 5.6x slower per image at batch
+2048 than at 1024 (`torch.compile`: 1.6x; the top-level README's GPU
+benchmarks). The suspect:
 at 2048 the 96-channel expansion of the first stride-2 block (112 x 112) holds
 more than 2^31 elements, so kernels need 64-bit indexing or slower algorithms.
 
@@ -9,7 +10,7 @@ This script times forward + backward (train-mode batch norm, gradients of every
 parameter, no optimizer) of the network cut after its first `K` blocks, for
 each batch size, and prints microseconds per image beside the largest
 activation's element count. Each cut network compiles in seconds, so batch
-sizes on both sides of the bound fit in one short GPU session:
+sizes on both sides of the bound fit in one short GPU run:
 
     python benchmarks/batch_cliff.py --blocks 1,2,4 --batch-sizes 1024,1664,1920,2048
     python benchmarks/batch_cliff.py --depthwise-impl shifted --pointwise-impl dot ...

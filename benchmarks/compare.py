@@ -13,11 +13,9 @@ turns it off: later arguments win).
 Training and inference run in separate processes (``--modes split``, the
 default): each side's inference is measured in a process that did nothing else.
 Measured in the same process after a train phase (``--modes together``), the
-train phase's leftover state moved inference in opposite directions for the
-two frameworks on the 2-core test machine (1.0/224, batch 32: JAX 101-127
-images/s after training against 133-171 alone; PyTorch 81-93 after training
-against 67-78 alone), so that ratio measured the process history as much as
-inference.
+train phase's leftover state moves inference in opposite directions for the
+two frameworks (``benchmarks/README.md`` gives the figures), so that ratio
+measures the process history as much as inference.
 
 Both sides run under the same host allocator (``--allocator``, default ``auto``:
 jemalloc with huge pages where installed, see ``mnv2_jax/allocator.py``); the

@@ -6,7 +6,7 @@
 # $OUT/runs.log), so a slow or failing run loses only itself, and the whole
 # output is four files; benchmarks/gpu_table.py prints the table from them.
 #
-#   OUT=/tmp/gpu BATCHES="512 1024" bash benchmarks/gpu.sh
+#   OUT=gpu_out BATCHES="512 1024" bash benchmarks/gpu.sh
 #
 # Settings (environment): WIDTH (1.0), RESOLUTION (224), BATCHES ("512 1024"),
 # PYTHON (python3), REPEATS (3), EXTRA ("shifted": also time our shifted

@@ -5,15 +5,15 @@
 Runs offline on 2 CPU cores in about 2-3 minutes under jemalloc, 5-8 without
 (900 steps of 128, ~26 epochs of the 4,500 training digits) and should reach
 about 95-97% eval top-1 on the 500 held-out digits (50 per digit). Measured
-(EMA / raw): seed 0 95.6% / 96.2%, seed 1 96.2% / 95.0%; the code before the
-CPU kernel changes (same math, other rounding) gave 97.6% / 97.2% and
-94.0% / 93.8%, so seeds and rounding move it by about 2 points. Argument
+(EMA / raw): seed 0 95.6% / 96.2%, seed 1 96.2% / 95.0%; kernels computing the
+same math with other rounding gave 97.6% / 97.2% and 94.0% / 93.8% for the
+same seeds, so seeds and rounding move it by about 2 points. Argument
 string (all optional):
 `configs/mnist.py:width=0.5,resolution=32,steps=1200,batch=128,seed=0`.
 
 Resolution matters more than width here: at 32 px the last stages see 1x1
 maps, and 1,200 steps plateaued at 96.4% (0.35) and 95.6% (0.5); at 48 px
-0.35 reached 97.6% in 900 steps (seed 0, earlier code).
+0.35 reached 97.6% in 900 steps (seed 0, kernels with other rounding).
 
 What differs from the ImageNet recipe, and why (measured on this data):
 * batch-norm decay 0.9 instead of 0.997: with ~35 steps per epoch the

@@ -16,6 +16,6 @@ def load_run(workdir: str, ema: bool = True, step: int | None = None):
     `variables` are the averaged (EMA) weights and statistics unless
     `ema=False`; `step` picks a checkpoint (default: the latest).
     """
-    from mnv2_jax.train.checkpoint import load_run as _load_run
+    from mnv2_jax.runs import load_run as _load_run
 
     return _load_run(workdir, ema=ema, step=step)

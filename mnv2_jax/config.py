@@ -6,11 +6,20 @@ command, the runtime and the expected result). Every key can be overridden
 from the command line with `--config.KEY=VALUE`; `validate_config` rejects a
 misspelt key or an invalid value with a message that names the key and the
 allowed values, before anything runs.
+
+Types come from `base_config()`: every key keeps the type of its default, and
+`placeholder(T)` declares the type of a key whose default is None. Overrides
+are set through a type-safe `ConfigDict` built from it, so ml_collections
+refuses a value of the wrong type (a float for an int key, text for a number);
+an int for a float key is widened. `expansion` is the one key of two types: a
+number, or a tuple with one per row of Table 2.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 from typing import Any
 
 import ml_collections
@@ -21,6 +30,7 @@ from mnv2_jax import spec
 CHOICES: dict[str, tuple] = {
     "bottleneck_activation": spec.BOTTLENECK_ACTIVATIONS,
     "residual": spec.RESIDUALS,
+    "task": ("classification",),
     "recipe": ("slim", "tpu"),
     "dtype": ("float32", "bfloat16"),
     "depthwise_impl": ("auto", "lax", "shifted"),
@@ -29,6 +39,25 @@ CHOICES: dict[str, tuple] = {
     "augment.pad_mode": ("constant", "reflect"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
+
+# Keys that may be set to None although their default is not: the run length is
+# `total_epochs` or `total_steps`, and the other is None. (Keys whose default is
+# None are placeholders and take None anyway.)
+NULLABLE_KEYS = ("total_epochs",)
+
+# The one key of two types (see the module docstring).
+EXPANSION_KEY = "expansion"
+EXPANSION_TYPE = "a number or a tuple of 7 numbers (one per row of Table 2)"
+
+_TYPE_NAMES = {
+    bool: "a boolean (true/false/1/0)",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    tuple: "a tuple",
+}
+# Command-line spellings of booleans (compared lower-cased).
+_BOOLEAN_TEXT = {"true": True, "1": True, "false": False, "0": False}
 
 # What a resumed run may change without --overwrite.
 RESUMABLE_KEYS = (
@@ -46,6 +75,7 @@ RESUMABLE_KEYS = (
 def base_config() -> ml_collections.ConfigDict:
     """All keys with the paper's defaults (ImageNet, 1.0/224, the TF-Slim recipe)."""
     c = ml_collections.ConfigDict()
+    c.task = "classification"  # what the backbone is trained for (mnv2_jax.tasks)
     # Model: the sweep axes of the paper.
     c.width = 1.0
     c.resolution = 224
@@ -88,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Duration: exactly one of these is set.
     c.batch_size = 1536  # global: the paper's 16 workers x 96
+    # Input streams the global batch is drawn from (None: one per process). Fixed, the batches do
+    # not depend on how many processes read them (a run resumes identically on another host count).
+    c.data_shards = ml_collections.config_dict.placeholder(int)
     c.eval_batch_size = ml_collections.config_dict.placeholder(int)
     c.total_epochs = ml_collections.config_dict.placeholder(float)
     c.total_epochs = 420.0  # the TF-Slim reproduction's length
@@ -182,6 +215,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in given:
         if key not in known:
             raise ValueError(_unknown_key_message(f"config key {key!r}", key, known))
+    typed_config(config)  # every value of its key's type (a config may be built without the checks)
     for key, allowed in CHOICES.items():
         if given.get(key) not in allowed:
             raise ValueError(f"config key {key!r}: must be one of {allowed}, got {given.get(key)!r}")
@@ -214,9 +248,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config key 'dropout_rate': must be in [0, 1), got {config.dropout_rate!r}")
     if not 0 <= config.bn_momentum < 1:
         raise ValueError(f"config key 'bn_momentum': must be in [0, 1), got {config.bn_momentum!r}")
+    if config.data_shards is not None and (
+        not isinstance(config.data_shards, int)
+        or config.data_shards < 1
+        or config.batch_size % config.data_shards
+    ):
+        raise ValueError(
+            f"config key 'data_shards': must be an integer >= 1 that divides batch_size={config.batch_size}, "
+            f"got {config.data_shards!r}"
+        )
     if config.bn_group_size is not None and config.batch_size % config.bn_group_size:
         raise ValueError(
             f"config key 'bn_group_size': must divide batch_size={config.batch_size}, got {config.bn_group_size}"
+        )
+
+
+def validate_batch_sizes(
+    config: ml_collections.ConfigDict, device_count: int, process_count: int = 1
+) -> None:
+    """Refuse a `batch_size` or `eval_batch_size` that does not split evenly over the devices
+    (and the processes); the message names the nearest multiples that do."""
+    unit = math.lcm(device_count, process_count)
+    for key in ("batch_size", "eval_batch_size"):
+        value = config[key]
+        if value is None or value % unit == 0:
+            continue
+        below, above = value // unit * unit, (value // unit + 1) * unit
+        nearest = f"{below} or {above}" if below else str(above)
+        over = f"{device_count} devices" + (f" in {process_count} processes" if process_count > 1 else "")
+        raise ValueError(
+            f"config key {key!r}: {value} does not split evenly over {over}; "
+            f"use a multiple of {unit}, e.g. {nearest}"
         )
 
 
@@ -253,31 +315,141 @@ def parse_value(text: str) -> Any:
 def apply_overrides(
     config: ml_collections.ConfigDict, overrides: dict[str, Any]
 ) -> ml_collections.ConfigDict:
-    """Set dotted keys (`{'width': 0.5, 'optim.lr': 0.1}`), naming any unknown key.
+    """Set dotted keys (`{'width': 0.5, 'optim.lr': 0.1}`), naming any unknown key or wrong type.
 
-    Values given as strings are parsed as Python literals; an int for a float
-    key is widened, a list for a tuple key converted.
+    Strings are command-line text, read as the key's type (`parse_text`); other
+    values are set as given. Returns a type-safe copy of `config` (`typed_config`):
+    a value of the wrong type is a ValueError naming the key and the expected type.
     """
-    config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    config = typed_config(config)
     known = flatten(config)
     for key, value in overrides.items():
-        if isinstance(value, str):
-            value = parse_value(value)
         if key not in known:
             raise ValueError(_unknown_key_message(f"config key {key!r}", key, known))
-        current = known[key]
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if key == "expansion" and isinstance(value, list):
-            value = tuple(value)
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+        if isinstance(value, str):
+            _set_typed(config, key, parse_text(key, value), given=value)
+        else:
+            _set_typed(config, key, value)
     return config
+
+
+def typed_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A type-safe copy of `config` whose keys have `base_config()`'s types.
+
+    Every value is set through ml_collections' type checks, so a config built
+    without them (`type_safe=False`, or loaded from JSON) is checked too; keys
+    `base_config()` lacks are copied unchecked (`validate_config` names them).
+    """
+    typed = base_config()
+    schema = _schema()
+    for key, value in flatten(config).items():
+        if key in schema:
+            _set_typed(typed, key, value)
+        else:
+            node, leaf = _holder(typed, key, create=True)
+            node[leaf] = value
+    return typed
+
+
+def expected_type(key: str) -> str:
+    """What a key takes, in words: 'an integer or None', 'a boolean (true/false/1/0)', ..."""
+    if key == EXPANSION_KEY:
+        return EXPANSION_TYPE
+    kind, nullable = _schema()[key]
+    words = _TYPE_NAMES.get(kind, kind.__name__)
+    if key in CHOICES:
+        words += f", one of {CHOICES[key]}"
+    return f"{words} or None" if nullable else words
+
+
+def parse_text(key: str, text: str) -> Any:
+    """Command-line text for `key`, read as the key's type.
+
+    'None'/'null' is None; booleans are true/false/1/0 in any case; tuples are read by
+    ml_collections' `TupleParser` (a bare value is a 1-tuple); strings are the text
+    itself, or the string a quoted literal spells; anything else is a Python literal
+    (`parse_value`). Text that reads as another type is returned unchanged, so that
+    setting it fails the type check and names the key.
+    """
+    if text in ("None", "null"):  # not 'none': it is a value of `residual`
+        return None
+    kind = _schema()[key][0] if key in _schema() else object
+    if kind is bool:
+        return _BOOLEAN_TEXT.get(text.lower(), text)
+    if kind is tuple:
+        from ml_collections.config_flags import tuple_parser
+
+        try:
+            return tuple_parser.TupleParser().parse(text)
+        except ValueError as e:
+            raise ValueError(
+                f"config key {key!r}: expected {expected_type(key)}, got {text!r} ({e})"
+            ) from None
+    value = parse_value(text)
+    if kind is str and not isinstance(value, str):
+        return text  # '123' for a string key is the string '123'
+    return value
+
+
+@functools.cache
+def _schema() -> dict[str, tuple[type, bool]]:
+    """Every key of `base_config()`: (its declared type, whether it may be None)."""
+    config = base_config()
+    out = {}
+    for key, default in flatten(config).items():
+        node, leaf = _holder(config, key)
+        out[key] = (node.get_type(leaf), default is None or key in NULLABLE_KEYS)
+    return out
+
+
+def _holder(
+    config: ml_collections.ConfigDict, key: str, create: bool = False
+) -> tuple[ml_collections.ConfigDict, str]:
+    """The ConfigDict that holds a dotted key, and the key's last part."""
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        if create and parent not in node:
+            node[parent] = ml_collections.ConfigDict()
+        node = node[parent]
+    return node, leaf
+
+
+def _set_typed(config: ml_collections.ConfigDict, key: str, value: Any, given: Any = None) -> None:
+    """`config[key] = value` with ml_collections' type check; ValueError names the key and type
+    (and shows `given`, the command-line text, when the value came from text)."""
+
+    def _type_error(key: str, value: Any) -> ValueError:
+        shown = value if given is None else given
+        return ValueError(f"config key {key!r}: expected {expected_type(key)}, got {shown!r}")
+
+    node, leaf = _holder(config, key)
+    if key not in _schema():  # a key base_config() lacks: validate_config names it
+        node[leaf] = value
+        return
+    if key == EXPANSION_KEY:
+        # A number or a tuple: the declared float type cannot say that, so check here and
+        # set past ml_collections' check (`spec.stage_expansions` checks the tuple's length).
+        if isinstance(value, list):
+            value = tuple(value)
+        items = value if isinstance(value, tuple) else (value,)
+        if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise _type_error(key, value)
+        with node.ignore_type():
+            node[leaf] = value if isinstance(value, tuple) else float(value)
+        return
+    kind, nullable = _schema()[key]
+    if value is None:
+        if not nullable:
+            raise _type_error(key, value)
+    elif kind is bool and type(value) is int and value in (0, 1):
+        value = bool(value)
+    elif kind in (int, float) and isinstance(value, bool):
+        raise _type_error(key, value)  # bool is an int to Python, not to a config
+    try:
+        node[leaf] = value
+    except TypeError:
+        raise _type_error(key, value) from None
 
 
 def parse_override_args(args: list[str]) -> dict[str, Any]:
@@ -312,21 +484,3 @@ def architecture_from_config(config: ml_collections.ConfigDict, num_classes: int
         num_classes=num_classes,
         max_repeats=config.max_repeats,
     )
-
-
-def model_from_config(config: ml_collections.ConfigDict, num_classes: int, **overrides: Any):
-    """The Flax module a config trains (`overrides` replace module fields, e.g. bn_axis_name)."""
-    import jax.numpy as jnp
-
-    from mnv2_jax.models.mobilenet_v2 import MobileNetV2
-
-    kwargs = dict(
-        dropout_rate=config.dropout_rate,
-        bn_momentum=config.bn_momentum,
-        bn_epsilon=config.bn_epsilon,
-        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
-        depthwise_impl=config.depthwise_impl,
-        pointwise_impl=config.pointwise_impl,
-    )
-    kwargs.update(overrides)
-    return MobileNetV2(architecture_from_config(config, num_classes), **kwargs)

@@ -131,6 +131,24 @@ class Architecture:
         return [self.stem, *self.blocks, self.head]
 
 
+def tap_channels(arch: Architecture) -> dict[str, int]:
+    """Every feature the backbone can hand to a head, with its channel count, in network order:
+    `stem`, `block_{i}/expansion` (blocks with an expansion conv), `block_{i}`, `head`,
+    `pre_logits`. A head reads its input widths from here."""
+    out = {"stem": arch.stem.out_channels}
+    for block in arch.blocks:
+        if block.has_expansion:
+            out[f"{block.name}/expansion"] = block.expanded_channels
+        out[block.name] = block.out_channels
+    out["head"] = arch.head.out_channels
+    out["pre_logits"] = arch.head.out_channels
+    return out
+
+
+def tap_names(arch: Architecture) -> tuple[str, ...]:
+    return tuple(tap_channels(arch))
+
+
 def stage_expansions(expansion: float | Sequence[float]) -> tuple[float, ...]:
     """Per-row expansion ratios: a scalar applies to rows 2..7 (the first row
     keeps t=1, as in the paper); a sequence gives all 7 rows of Table 2."""

@@ -13,7 +13,8 @@ import statistics
 import pytest
 
 from mnv2_jax import accounting, cli, spec
-from mnv2_jax.analysis import figures as analysis
+from mnv2_jax import workdir as workdir_lib
+from mnv2_jax.analysis import figures, records, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,11 +125,11 @@ def roots(tmp_path):
 
 
 def test_seeds_are_aggregated_into_mean_and_spread(roots):
-    runs = analysis.load_runs([roots["grid"]], log=lambda _: None)
+    runs = records.load_runs([roots["grid"]], log=lambda _: None)
     assert sorted(r.name for r in runs) == sorted(
         ["w0.35_r96_t6_s0", "w0.35_r160_t6_s0", "w1_r96_t6_s0", "w1_r160_t6_s0", "w1_r160_t6_s1"]
     )
-    points = analysis.aggregate(runs)
+    points = records.aggregate(runs)
     assert len(points) == 4
     assert [p.config["madds"] for p in points] == sorted(p.config["madds"] for p in points)
     (two,) = [p for p in points if len(p.runs) == 2]
@@ -149,7 +150,7 @@ def test_seeds_are_aggregated_into_mean_and_spread(roots):
 
 
 def test_unfinished_runs_are_reported_by_name_and_skipped(roots, capsys):
-    runs = analysis.load_runs([roots["grid"]])
+    runs = records.load_runs([roots["grid"]])
     err = capsys.readouterr().err
     names = {r.name for r in runs}
     assert "w0.5_r96_t6_s0" not in names and "w0.5_r128_t6_s0" not in names
@@ -164,25 +165,31 @@ def test_unfinished_runs_are_reported_by_name_and_skipped(roots, capsys):
     assert os.path.join(roots["grid"], "plots", "table.md") in captured.out
 
 
-def test_runs_a_sweep_never_started_are_reported(roots, tmp_path, capsys):
-    sweep_file = tmp_path / "grid_sweep.py"
-    sweep_file.write_text(
-        f"NAME = 'grid'\nCONFIG = {os.path.join(REPO, 'configs', 'mnist.py')!r}\nWANDB_PROJECT = 'p'\n"
-        "SEEDS = 1\n\ndef sweep(add):\n    add(width=0.35, resolution=96)\n    add(width=0.75, resolution=224)\n"
+def test_runs_a_sweep_never_started_are_reported(roots, capsys):
+    """The sweep root's manifest lists every run of the sweep; runs without a folder are named."""
+    present = sorted(n for n in os.listdir(roots["grid"]) if not n.startswith("."))
+    workdir_lib.write_sweep_manifest(
+        roots["grid"],
+        workdir_lib.sweep_manifest(
+            sweep="grid",
+            sweep_file="sweeps/grid.py",
+            config="configs/mnist.py",
+            project="p",
+            swept_keys=["width", "resolution"],
+            runs=[*present, "w0.75_r224_t6_s0"],
+        ),
     )
-    with open(os.path.join(roots["grid"], "w0.35_r96_t6_s0", "sweep.json"), "w") as f:
-        json.dump({"sweep": "grid", "run": "w0.35_r96_t6_s0", "sweep_file": str(sweep_file)}, f)
-    runs = analysis.load_runs([roots["grid"]])
+    runs = records.load_runs([roots["grid"]])
     err = capsys.readouterr().err
     assert len(runs) == 5
     assert f"missing run w0.75_r224_t6_s0 of sweep grid: no workdir {roots['grid']}" in err
-    assert "missing run w0.35_r96_t6_s0" not in err
+    assert not any(f"missing run {name}" in err for name in present)
 
 
 def test_the_same_seed_twice_is_reported_and_counted_once(roots, tmp_path, capsys):
     copy = str(tmp_path / "copy")
     write_run(copy, "w1_r160_t6_s1", run_summary(1.0, 160, 0.5, seed=1), run_records(0.5))
-    points = analysis.aggregate(analysis.load_runs([roots["grid"], copy]))
+    points = records.aggregate(records.load_runs([roots["grid"], copy]))
     assert "same config and seed" in capsys.readouterr().err
     two = next(p for p in points if len(p.runs) == 2)
     assert two.stat("eval_ema/top1").mean == pytest.approx((0.688 + SEED1_TOP1) / 2)
@@ -201,18 +208,18 @@ def test_every_figure_is_written_as_png_and_svg(roots, tmp_path, kind, capsys):
         svg = f.read()
     assert "<svg" in svg
     if kind == "fig6b":  # the paper's legend
-        assert all(label in svg for label in analysis.RESIDUAL_LABELS.values())
+        assert all(label in svg for label in figures.RESIDUAL_LABELS.values())
 
 
 def test_fig5_series_one_curve_per_resolution_and_per_width(roots):
-    points = analysis.aggregate(analysis.load_runs([roots["grid"]], log=lambda _: None))
-    per_resolution = analysis.series(points, "width")
+    points = records.aggregate(records.load_runs([roots["grid"]], log=lambda _: None))
+    per_resolution = figures.series(points, "width")
     assert sorted(label for label, _ in per_resolution) == ["160px", "96px"]
     for _, members in per_resolution:
         assert [p.config["width"] for p in members] == [0.35, 1.0]
-    per_width = analysis.series(points, "resolution")
+    per_width = figures.series(points, "resolution")
     assert sorted(label for label, _ in per_width) == ["width 0.35", "width 1"]
-    fig = analysis.plot_fig5(points, "eval/top1")
+    fig = figures.plot_fig5(points, "eval/top1")
     left, right = fig.axes[:2]
     assert left.get_xscale() == "log"
     assert sorted(t.get_text() for t in left.texts) == ["×0.35", "×0.35", "×1", "×1"]  # the widths
@@ -234,30 +241,30 @@ def test_reference_paper_puts_the_published_points_beside_the_runs(roots, tmp_pa
     assert "| Published top-1 (%) |" in table.splitlines()[0] and published.SOURCE_URL in table
     assert "(4 of 4 rows here)" in table
 
-    points = analysis.aggregate(analysis.load_runs([roots["grid"]], log=lambda _: None))
-    fig = analysis.plot_fig5(points, "eval_ema/top1", reference="paper")
+    points = records.aggregate(records.load_runs([roots["grid"]], log=lambda _: None))
+    fig = figures.plot_fig5(points, "eval_ema/top1", reference="paper")
     left, right = fig.axes[:2]
     # The runs' labels plus one grey curve per published resolution (left) and width (right), each
     # labelled at its end; one legend entry for the published series.
     assert {"224", "192", "128"} <= {t.get_text() for t in left.texts}
     assert {"×1.4", "×1.3", "×0.75"} <= {t.get_text() for t in right.texts}
-    assert len(left.lines) - len(analysis.plot_fig5(points, "eval_ema/top1").axes[0].lines) == 5
+    assert len(left.lines) - len(figures.plot_fig5(points, "eval_ema/top1").axes[0].lines) == 5
     assert sum("published" in t.get_text() for t in left.get_legend().get_texts()) == 1
     assert "grey: " + published.SOURCE in fig._suptitle.get_text()
     cli.main(["plot", "fig5", roots["grid"], "--reference", "paper", "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "fig5.png")
 
-    with pytest.raises(analysis.AnalysisError, match="--reference applies to fig5 and table, not fig6a"):
-        analysis.make("fig6a", analysis.load_runs([roots["fig6a"]]), str(tmp_path), reference="paper")
+    with pytest.raises(records.AnalysisError, match="--reference applies to fig5 and table, not fig6a"):
+        figures.make("fig6a", records.load_runs([roots["fig6a"]]), str(tmp_path), reference="paper")
 
 
 def test_metric_switch_and_ema_fallback(roots, tmp_path, capsys):
-    runs = analysis.load_runs([roots["fig6a"]])
-    points = analysis.aggregate(runs)
-    assert analysis.choose_metric(points, "eval/top1") == "eval/top1"
+    runs = records.load_runs([roots["fig6a"]])
+    points = records.aggregate(runs)
+    assert records.choose_metric(points, "eval/top1") == "eval/top1"
     for run in runs:
         del run.metrics["eval_ema/top1"]
-    assert analysis.choose_metric(analysis.aggregate(runs), analysis.DEFAULT_METRIC) == "eval/top1"
+    assert records.choose_metric(records.aggregate(runs), records.DEFAULT_METRIC) == "eval/top1"
     assert "EMA" in capsys.readouterr().err
     cli.main(["plot", "fig6a", roots["fig6a"], "--metric", "eval/top1", "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "fig6a.png")
@@ -265,7 +272,7 @@ def test_metric_switch_and_ema_fallback(roots, tmp_path, capsys):
 
 def test_table_holds_the_synthetic_values(roots, tmp_path):
     out = str(tmp_path / "table")
-    paths = analysis.make("table", analysis.load_runs([roots["grid"]], log=lambda _: None), out)
+    paths = figures.make("table", records.load_runs([roots["grid"]], log=lambda _: None), out)
     assert paths == [os.path.join(out, "table.md"), os.path.join(out, "table.csv")]
     with open(paths[1]) as f:
         rows = list(csv.DictReader(f))
@@ -371,19 +378,17 @@ def test_wandb_gives_the_same_records_as_the_workdirs(roots, monkeypatch, capsys
         run.group = "width_resolution"
     monkeypatch.setattr(FakeApi, "fake_runs", fake_runs, raising=False)
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    monkeypatch.setattr(analysis, "_require_online", lambda: None)
+    monkeypatch.setattr(records, "_require_online", lambda: None)
 
-    from_wandb = analysis.load_wandb("me/mnv2_jax-imagenet:width_resolution")
+    from_wandb = records.load_wandb("me/mnv2_jax-imagenet:width_resolution")
     err = capsys.readouterr().err
     assert FakeApi.instances[-1].calls == [("me/mnv2_jax-imagenet", {"group": "width_resolution"})]
     assert "w0.5_r96_t6_s0" in err and "w0.5_r128_t6_s0" in err  # incomplete there too
-    from_files = analysis.load_runs([grid], log=lambda _: None)
+    from_files = records.load_runs([grid], log=lambda _: None)
     key = lambda r: r.name  # noqa: E731
     assert sorted(from_wandb, key=key) == sorted(from_files, key=key)
     assert all(r.source.startswith("wandb:me/mnv2_jax-imagenet/") for r in from_wandb)
-    assert analysis.table_csv(analysis.aggregate(from_wandb)) == analysis.table_csv(
-        analysis.aggregate(from_files)
-    )
+    assert tables.table_csv(records.aggregate(from_wandb)) == tables.table_csv(records.aggregate(from_files))
 
     # The command line: --wandb alone, default output directory plots/<entity_project>.
     monkeypatch.chdir(os.path.dirname(grid))
@@ -392,17 +397,17 @@ def test_wandb_gives_the_same_records_as_the_workdirs(roots, monkeypatch, capsys
 
 
 def test_wandb_paths():
-    assert analysis.parse_wandb_path("proj") == ("proj", None)
-    assert analysis.parse_wandb_path("ent/proj:grp") == ("ent/proj", "grp")
-    assert analysis.parse_wandb_path("ent/proj/grp") == ("ent/proj", "grp")
-    with pytest.raises(analysis.AnalysisError):
-        analysis.parse_wandb_path("a/b/c/d")
+    assert records.parse_wandb_path("proj") == ("proj", None)
+    assert records.parse_wandb_path("ent/proj:grp") == ("ent/proj", "grp")
+    assert records.parse_wandb_path("ent/proj/grp") == ("ent/proj", "grp")
+    with pytest.raises(records.AnalysisError):
+        records.parse_wandb_path("a/b/c/d")
 
 
 def test_wandb_offline_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    with pytest.raises(analysis.AnalysisError, match="offline"):
-        analysis.load_wandb("me/proj")
+    with pytest.raises(records.AnalysisError, match="offline"):
+        records.load_wandb("me/proj")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["plot", "fig5", "--wandb", "me/proj"])
     assert exit_info.value.code == 2
@@ -412,8 +417,8 @@ def test_wandb_offline_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", os.devnull)
-    with pytest.raises(analysis.AnalysisError, match="offline"):
-        analysis.load_wandb("me/proj")
+    with pytest.raises(records.AnalysisError, match="offline"):
+        records.load_wandb("me/proj")
 
 
 def test_nothing_to_plot_is_an_error(tmp_path, capsys):
@@ -422,18 +427,47 @@ def test_nothing_to_plot_is_an_error(tmp_path, capsys):
     assert "ROOT" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(analysis.AnalysisError, match="no complete runs"):
-        analysis.make("fig5", analysis.load_runs([str(empty)]), str(tmp_path))
+    with pytest.raises(records.AnalysisError, match="no complete runs"):
+        figures.make("fig5", records.load_runs([str(empty)]), str(tmp_path))
     assert "no run directories" in capsys.readouterr().err
 
 
+# Roots that do not vary what a figure compares (the smoke sweep's 0.35 and 0.5 at 224, both
+# linear, bottleneck residual, t=6; or one run), with the key and sweep file the refusal names.
+UNVARIED = {
+    "fig5": ([(1.0, 0.70)], "one point", "sweeps/width_resolution.py"),
+    "fig6a": (
+        [(0.35, 0.60), (0.5, 0.65)],
+        "bottleneck_activation ('linear')",
+        "sweeps/bottleneck_activation.py",
+    ),
+    "fig6b": ([(0.35, 0.60), (0.5, 0.65)], "residual ('bottleneck')", "sweeps/residual.py"),
+    "expansion": ([(0.35, 0.60), (0.5, 0.65)], "expansion (6.0)", "sweeps/expansion.py"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNVARIED))
+def test_a_figure_of_a_root_that_does_not_vary_its_subject_is_refused(tmp_path, kind, capsys):
+    runs, lacks, sweep_file = UNVARIED[kind]
+    root = str(tmp_path / "root")
+    for width, top1 in runs:
+        write_run(root, f"w{width:g}_r224_t6_s0", run_summary(width, 224, top1), run_records(top1))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", kind, root])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mnv2 plot: error: {kind}: ")
+    assert root in line and lacks in line and sweep_file in line
+    assert not os.path.exists(os.path.join(root, "plots"))
+
+
 def test_nan_values_in_logs_do_not_break_loading(tmp_path):
-    records = run_records(0.6)
-    records.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})
-    write_run(str(tmp_path), "w1_r224_t6_s0", run_summary(1.0, 224, 0.6), records)
-    (run,) = analysis.load_runs([str(tmp_path / "w1_r224_t6_s0")])
+    lines = run_records(0.6)
+    lines.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})
+    write_run(str(tmp_path), "w1_r224_t6_s0", run_summary(1.0, 224, 0.6), lines)
+    (run,) = records.load_runs([str(tmp_path / "w1_r224_t6_s0")])
     assert math.isnan(run.images_per_sec[-1])
-    assert analysis.aggregate([run])[0].images_per_sec() == pytest.approx(105.0)
+    assert records.aggregate([run])[0].images_per_sec() == pytest.approx(105.0)
 
 
 def test_module_is_light_on_import():

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mnv2_jax.models.folded import fold_batch_norm, folded_apply
 from mnv2_jax.spec import build_architecture
 from mnv2_jax.tools import memory
-from mnv2_jax.tools.interop.export import fold_batch_norm, folded_apply
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "memory_efficient_inference.ipynb"
 
@@ -50,7 +50,7 @@ def _reference(arch, params, x):
 
 
 def test_split_equals_the_flax_module_folded(tiny):
-    """Trained-style variables (random batch-norm statistics), folded by the export path's
+    """Trained-style variables (random batch-norm statistics), folded by
     `fold_batch_norm`: every S and a per-block tuple give the module's eval-mode logits."""
     _, folded = fold_batch_norm(tiny.model, tiny.variables)
     folded = jax.tree.map(jnp.asarray, folded)

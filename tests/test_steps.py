@@ -19,12 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import classification_loss, eval_step_for, model_for
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mnv2_jax import config as config_lib
+from mnv2_jax.models import inference
 from mnv2_jax.train import loop as train
 from mnv2_jax.train import optim
+from mnv2_jax.train import state as state_lib
 from mnv2_jax.train import step as steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,18 +53,18 @@ def setup():
     assert jax.device_count() == 8, "tests/conftest.py must set XLA_FLAGS before JAX initialises"
     train.enable_compilation_cache()
     config = tiny_config()
-    model = config_lib.model_from_config(config, NUM_CLASSES)
+    model = model_for(config, NUM_CLASSES)
     tx = optim.create_optimizer(config, steps_per_epoch=10)
     opt = optim.resolve_optim(config)
     assert opt["ema_decay"] > 0.1 and opt["label_smoothing"] > 0  # so the checks below test something
-    state = jax.jit(lambda: steps.create_train_state(model, tx, RES, seed=0))()
+    state = jax.jit(lambda: state_lib.create_train_state(model, tx, RES, seed=0))()
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.uniform(-1, 1, (BATCH, RES, RES, 3)).astype(np.float32),
         "label": rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32),
     }
     step = steps.make_train_step(
-        model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"]
+        model, tx, loss_fn=classification_loss(opt["label_smoothing"]), ema_decay=opt["ema_decay"]
     )
     single = jax.jit(step)  # one device, no sharding annotations
     new_state, metrics = single(state, batch)
@@ -78,7 +81,7 @@ def test_sharded_step_equals_single_device_step(setup):
     step = steps.make_train_step(
         setup["model"],
         setup["tx"],
-        label_smoothing=setup["opt"]["label_smoothing"],
+        loss_fn=classification_loss(setup["opt"]["label_smoothing"]),
         ema_decay=setup["opt"]["ema_decay"],
     )
     sharded = jax.jit(step, in_shardings=(replicated, by_data), out_shardings=(replicated, replicated))
@@ -106,10 +109,12 @@ def test_sharded_step_equals_single_device_step(setup):
 def test_per_group_batch_norm_normalises_each_group_by_itself(setup):
     # Dropout off: the manual computation below then depends on nothing but the batch-norm grouping.
     config = tiny_config(dropout_rate=0.0)
-    model = config_lib.model_from_config(config, NUM_CLASSES)
+    model = model_for(config, NUM_CLASSES)
     tx, opt, state, batch = setup["tx"], setup["opt"], setup["state"], setup["batch"]
     grouped_step = jax.jit(
-        steps.make_train_step(model, tx, label_smoothing=opt["label_smoothing"], ema_decay=0.0, bn_groups=2)
+        steps.make_train_step(
+            model, tx, loss_fn=classification_loss(opt["label_smoothing"]), ema_decay=0.0, bn_groups=2
+        )
     )
     new_state, metrics = grouped_step(state, batch)
 
@@ -161,13 +166,13 @@ def test_nan_batch_leaves_state_unchanged(setup):
 
 def test_eval_step_sums_ignore_padding(setup):
     model, state = setup["model"], setup["new_state"]
-    variables = steps.eval_variables(state, ema=False)
+    variables = state_lib.eval_variables(state, ema=False)
     rng = np.random.default_rng(1)
     real = 10
     images = rng.uniform(-1, 1, (16, RES, RES, 3)).astype(np.float32)
     labels = rng.integers(0, NUM_CLASSES, 16).astype(np.int32)
     mask = np.array([1.0] * real + [0.0] * (16 - real), np.float32)
-    eval_step = jax.jit(steps.make_eval_step(model))
+    eval_step = jax.jit(eval_step_for(model))
     sums = jax.device_get(eval_step(variables, {"image": images, "label": labels, "mask": mask}))
 
     # Different garbage in the padded rows changes nothing.
@@ -209,25 +214,29 @@ def test_ema_after_one_step_is_tf_warmup_average(setup):
 
 def test_predict_in_chunks_equals_the_whole_batch(setup):
     model, state = setup["model"], setup["state"]
-    variables = steps.eval_variables(state, ema=False)
+    variables = state_lib.eval_variables(state, ema=False)
     images = jnp.asarray(setup["batch"]["image"][:8])
     whole = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-    chunked = jax.jit(lambda v, x: steps.predict(model, v, x, chunk=2))(variables, images)
+    chunked = jax.jit(lambda v, x: inference.predict(model, v, x, chunk=2))(variables, images)
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="chunk: must be a positive divisor of the batch size 8, got 3"):
-        steps.predict(model, variables, images, chunk=3)
+        inference.predict(model, variables, images, chunk=3)
 
 
 def test_infer_chunk_splits_only_big_batches_on_one_cpu_device():
-    per_224 = steps.INFER_CHUNK_SIZE // (224 * 224)
-    assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 1) == per_224
-    assert steps.infer_chunk(30, (224, 224), 1.0, "cpu", 1) == 10  # the smallest divisor reaching the size
-    assert steps.infer_chunk(32, (224, 224), 0.5, "cpu", 1) == 2 * per_224  # half the activations per image
-    assert steps.infer_chunk(32, (96, 96), 0.35, "cpu", 1) == 32  # small activations: the whole batch
-    assert steps.infer_chunk(7, (224, 224), 1.0, "cpu", 1) == 7  # a prime batch runs whole
-    assert steps.infer_chunk(32, (224, 224), 1.0, "gpu", 1) == 32
-    assert steps.infer_chunk(32, (224, 224), 1.0, "cpu", 8) == 32
+    per_224 = inference.INFER_CHUNK_SIZE // (224 * 224)
+    assert inference.infer_chunk(32, (224, 224), 1.0, "cpu", 1) == per_224
+    assert (
+        inference.infer_chunk(30, (224, 224), 1.0, "cpu", 1) == 10
+    )  # the smallest divisor reaching the size
+    assert (
+        inference.infer_chunk(32, (224, 224), 0.5, "cpu", 1) == 2 * per_224
+    )  # half the activations per image
+    assert inference.infer_chunk(32, (96, 96), 0.35, "cpu", 1) == 32  # small activations: the whole batch
+    assert inference.infer_chunk(7, (224, 224), 1.0, "cpu", 1) == 7  # a prime batch runs whole
+    assert inference.infer_chunk(32, (224, 224), 1.0, "gpu", 1) == 32
+    assert inference.infer_chunk(32, (224, 224), 1.0, "cpu", 8) == 32
 
 
 def test_global_norm_equals_optax_tree_norm():
@@ -251,7 +260,7 @@ def test_initial_state_compiled_with_init_options_is_bit_identical(setup):
     assert steps.init_compiler_options("cpu") and steps.init_compiler_options("gpu") == {}
     model, tx = setup["model"], setup["tx"]
     fast = jax.jit(
-        lambda: steps.create_train_state(model, tx, RES, seed=0),
+        lambda: state_lib.create_train_state(model, tx, RES, seed=0),
         compiler_options=steps.init_compiler_options(),
     )()
     for a, b in zip(leaves(setup["state"]), leaves(fast), strict=True):

@@ -25,15 +25,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import numpy as np
 import pytest
+from conftest import model_for
 
-from mnv2_jax import cli
+import mnv2_jax
+from mnv2_jax import cli, runs
 from mnv2_jax import config as config_lib
+from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.data import input_pipeline as data
+from mnv2_jax.tasks import get_task
 from mnv2_jax.train import checkpoint as checkpointing
 from mnv2_jax.train import loop as train
 from mnv2_jax.train import optim
+from mnv2_jax.train import state as state_lib
 from mnv2_jax.train import step as steps
-from mnv2_jax.train import writer as metrics
+from mnv2_jax.train import writer as writer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "mnist.py")
@@ -83,12 +88,12 @@ def without_timing(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not (k.endswith("_per_sec") or "time" in k)} for r in records]
 
 
-def restore_state(workdir: str) -> steps.TrainState:
+def restore_state(workdir: str) -> state_lib.TrainState:
     """The whole train state of the latest checkpoint (weights, optimizer, EMA, RNG, ...)."""
-    config = checkpointing.read_config(workdir)
-    model = config_lib.model_from_config(config, config.num_classes)
+    config = runs.read_config(workdir)
+    model = model_for(config, config.num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch=1)
-    abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+    abstract = jax.eval_shape(lambda: state_lib.create_train_state(model, tx, config.resolution, 0))
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
         return jax.device_get(checkpointer.restore(abstract))
@@ -96,7 +101,7 @@ def restore_state(workdir: str) -> steps.TrainState:
         checkpointer.close()
 
 
-def assert_states_identical(a: steps.TrainState, b: steps.TrainState) -> None:
+def assert_states_identical(a: state_lib.TrainState, b: state_lib.TrainState) -> None:
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(leaves_a, leaves_b):
@@ -104,9 +109,15 @@ def assert_states_identical(a: steps.TrainState, b: steps.TrainState) -> None:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(n) for n in names if n.isdigit())
+    """The finished checkpoints' steps. Locally orbax renames a finished step into place; on GCS
+    it writes the step in place and marks it finished with `commit_success.txt`."""
+    directory = workdir_lib.path(workdir, "checkpoints")
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+
+    def finished(name: str) -> bool:
+        return workdir_lib.is_local(directory) or (directory / name / "commit_success.txt").exists()
+
+    return sorted(int(n) for n in names if n.isdigit() and finished(n))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +149,7 @@ def test_run_writes_the_documented_files(base_run, data_dir):
     assert provenance["backend"] == "cpu" and len(provenance["devices"]) == 8
     assert "jax" in provenance["versions"]
 
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [10, 20, 30]
     for r in records:
         assert set(DESIGN_KEYS) <= r.keys()
@@ -207,7 +218,7 @@ def test_resume_with_a_different_config_is_refused(base_run, tmp_path, data_dir)
     # --overwrite: resumes anyway (the run is complete, so nothing trains) and records the new config.
     summary = train.train_and_evaluate(changed, workdir, overwrite=True)
     assert summary["complete"] and summary["step"] == STEPS and summary["seed"] == 1
-    assert checkpointing.read_config(workdir).seed == 1
+    assert runs.read_config(workdir).seed == 1
     assert checkpoint_steps(workdir) == [10, 20, 30]
 
 
@@ -222,9 +233,9 @@ def test_more_total_steps_extends_the_run(base_run, tmp_path, data_dir, capsys):
     assert re.match(r"compiling the train step: done in \d+\.\d s \(", out[compiling[1]]), out
     assert any(re.match(r"step +40/40  loss \d\.\d{4} +\d+\.\d img/s  ETA 00:00$", line) for line in out), out
     assert summary["complete"] and summary["step"] == 40 and summary["total_steps"] == 40
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [10, 20, 30, 40]
-    assert without_timing(records[:3]) == without_timing(metrics.read_metrics(base_run[0]))
+    assert without_timing(records[:3]) == without_timing(workdir_lib.read_metrics(base_run[0]))
     assert set(EVAL_KEYS) <= records[-1].keys()
     assert checkpoint_steps(workdir) == [10, 20, 30, 40]
     assert int(restore_state(workdir).step) == 40
@@ -261,9 +272,10 @@ def _interrupt_after_first_checkpoint(workdir: str, data_dir: str, sig: int, tmp
 
 def _assert_same_as_base(workdir: str, base_run) -> None:
     assert_states_identical(restore_state(workdir), restore_state(base_run[0]))
-    assert without_timing(metrics.read_metrics(workdir)) == without_timing(metrics.read_metrics(base_run[0]))
-    with open(os.path.join(workdir, "summary.json")) as f:
-        summary = json.load(f)
+    assert without_timing(workdir_lib.read_metrics(workdir)) == without_timing(
+        workdir_lib.read_metrics(base_run[0])
+    )
+    summary = workdir_lib.read_summary(workdir)
     assert without_timing([summary]) == without_timing([json.loads(json.dumps(base_run[1]))])
 
 
@@ -298,12 +310,51 @@ def test_sigterm_checkpoints_and_rerun_is_bit_identical(base_run, tmp_path, data
     assert 10 <= step <= STEPS
     assert checkpoint_steps(workdir)[-1] == step
     assert int(restore_state(workdir).step) == step
-    assert max(r["step"] for r in metrics.read_metrics(workdir)) <= step
+    assert max(r["step"] for r in workdir_lib.read_metrics(workdir)) <= step
 
     # Resume in-process (the same config through the API): ends bit-identical to the uninterrupted run.
     summary = train.train_and_evaluate(make_config(data_dir), workdir)
     assert summary["complete"] and summary["step"] == STEPS
     _assert_same_as_base(workdir, base_run)
+
+
+def test_gs_workdir_trains_resumes_after_sigkill_and_plots(base_run, gcs_bucket, tmp_path, data_dir):
+    """A run in a bucket (a local GCS server): killed after its first checkpoint, rerun, bit-identical."""
+    root = f"{gcs_bucket}/sweep"
+    workdir = f"{root}/w0.35_r32"
+    rc, log = _interrupt_after_first_checkpoint(workdir, data_dir, signal.SIGKILL, tmp_path)
+    assert rc == -signal.SIGKILL, log
+    assert workdir_lib.read_summary(workdir) is None and not os.path.exists(os.path.join(REPO, "gs:"))
+    result = subprocess.run(
+        [sys.executable, "-m", "mnv2_jax", *cli_args(workdir, data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed = re.search(rf"resuming {workdir} at step (\d+)/{STEPS}", result.stdout)
+    assert resumed and int(resumed.group(1)) in (10, 20), result.stdout
+    _assert_same_as_base(workdir, base_run)
+    files = sorted(p.name for p in workdir_lib.path(workdir).iterdir())
+    assert files == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+
+    # load_run and the plots read from the bucket too (and the plots go there).
+    module, variables, config = mnv2_jax.load_run(workdir)
+    assert config.total_steps == STEPS
+    assert_states_identical(variables["params"], restore_state(base_run[0]).ema_params)
+    cli.main(["plot", "table", root])
+    table = workdir_lib.path(root, "plots", "table.csv").read_text()
+    top1 = workdir_lib.read_summary(workdir)["eval_ema/top1"]
+    assert len(table.splitlines()) == 2 and f"{top1}" in table, table
+
+
+def test_unwritable_workdir_is_refused_before_training(gcs_bucket, tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for workdir in ("gs://no-such-bucket/run", str(blocker / "run")):
+        with pytest.raises(ValueError, match=rf"^--workdir {re.escape(workdir)}: cannot write there"):
+            train.train_and_evaluate(make_config(data_dir), workdir)
 
 
 def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -324,14 +375,16 @@ def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert "(step 3)" in str(info.value)
     assert checkpoint_steps(workdir) == [3]
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
-    module, variables, config = checkpointing.load_run(workdir, ema=False)
+    module, variables, config = runs.load_run(workdir, ema=False)
     assert config.total_steps == STEPS
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(variables))
     assert int(restore_state(workdir).step) == 3
 
 
-# A value for every key of `train._NOT_READ_BY_STEPS` (or one inside it), each unlike `make_config`'s.
-NOT_READ_ALTERNATES = {
+# Config keys a sweep varies (seed, learning rate, weight decay) or that only the input pipeline and
+# the bookkeeping read: none of them may change the compiled steps, so a sweep over them compiles
+# once and every later run loads the steps from the persistent compilation cache.
+NOT_COMPILED = {
     "seed": 7, "wandb.mode": "disabled", "progress": False, "log_every_steps": 3, "eval_every_steps": 7,
     "checkpoint_every_steps": 5, "keep_checkpoints": 1, "init_from": "/elsewhere", "data_dir": "/elsewhere",
     "download": True, "cache": False, "shuffle_buffer": 10, "augment.flip": False, "eval_crop": 1.0,
@@ -341,44 +394,40 @@ NOT_READ_ALTERNATES = {
 }  # fmt: skip
 
 
-def test_keys_left_out_of_the_step_cache_key_do_not_change_the_steps(data_dir):
-    """Runs whose configs differ only in `_NOT_READ_BY_STEPS` load each other's compiled steps
-    (`mnv2_jax.train.step_cache`), so those keys must not change the traced programs."""
-    listed = set(train._NOT_READ_BY_STEPS)  # 'augment' and 'wandb' stand for their whole sub-dicts
-    assert {k if k in listed else k.split(".")[0] for k in NOT_READ_ALTERNATES} == listed
-    base = make_config(data_dir)
-    other = config_lib.apply_overrides(make_config(data_dir), NOT_READ_ALTERNATES)
-    assert train.step_cache_key(base, num_classes=10) == train.step_cache_key(other, num_classes=10)
-    changed = config_lib.apply_overrides(make_config(data_dir), {"optim.momentum": 0.5})
-    assert train.step_cache_key(changed, num_classes=10) != train.step_cache_key(base, num_classes=10)
-
+def test_swept_scalars_and_data_keys_do_not_change_the_compiled_steps(data_dir):
     def lowered(config):
-        model = config_lib.model_from_config(config, 10)
-        tx = optim.create_optimizer(config, steps_per_epoch=140)  # `extra` in the key: the same here
+        config = train.resolve_config(config, 10)
+        task = get_task(config)
+        model = task.model(10)
+        tx = optim.create_optimizer(config, steps_per_epoch=140)
         opt = optim.resolve_optim(config)
         step = steps.make_train_step(
-            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"],
-            bn_groups=train.bn_groups(config),
-        )  # fmt: skip
-        state = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
+            model, tx, loss_fn=task.loss, ema_decay=opt["ema_decay"], bn_groups=train.bn_groups(config)
+        )
+        state = jax.eval_shape(
+            lambda: state_lib.create_train_state(model, tx, config.resolution, 0, task.train_metrics)
+        )
         batch = {
             "image": jax.ShapeDtypeStruct(
                 (config.batch_size, config.resolution, config.resolution, 3), np.float32
             ),
             "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32),
         }
-        variables = steps.eval_variables(state, ema=True)
+        variables = state_lib.eval_variables(state, ema=True)
         return (
             jax.jit(step).lower(state, batch).as_text(),
-            jax.jit(steps.make_eval_step(model)).lower(variables, batch).as_text(),
+            jax.jit(lambda v, b: task.eval_outputs(model, v, b)).lower(variables, batch).as_text(),
         )
 
-    assert lowered(base) == lowered(other)
+    base = make_config(data_dir)
+    assert lowered(base) == lowered(config_lib.apply_overrides(make_config(data_dir), NOT_COMPILED))
+    changed = config_lib.apply_overrides(make_config(data_dir), {"optim.momentum": 0.5})
+    assert lowered(changed)[0] != lowered(base)[0]  # the comparison can see a change
 
 
 def test_eval_counts_every_example_once(base_run):
     workdir, summary = base_run
-    result = train.evaluate_workdir(workdir)
+    result = runs.evaluate_workdir(workdir)
     assert result["step"] == STEPS
     assert result["eval/examples"] == result["eval_ema/examples"] == EVAL_EXAMPLES
     # Re-evaluating the final checkpoint gives what the run logged at its last step.
@@ -398,8 +447,73 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
     assert summary["complete"]
     runs = glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
     assert runs, os.listdir(workdir)
-    run_id = read_text(os.path.join(workdir, metrics.WANDB_ID_FILE)).strip()
+    run_id = read_text(os.path.join(workdir, workdir_lib.WANDB_ID)).strip()
     assert any(run.endswith(run_id) for run in runs)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_wandb_unreachable_server_goes_offline_in_one_line_and_training_goes_on(
+    base_run, tmp_path, data_dir, monkeypatch, capsys
+):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    config = make_config(data_dir, total_steps=40)  # wandb.mode 'auto'
+
+    # The writer alone: the decision takes a refused connection, not wandb's retries.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    start = time.monotonic()
+    writer_lib.MetricWriter(str(alone), {}, config.wandb).close()
+    seconds = time.monotonic() - start
+    assert seconds < 20, f"wandb set-up took {seconds:.1f} s with an unreachable server"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "wandb" in line]
+    assert len(lines) == 1, lines
+    where = lines[0].split("run files in ", 1)[1].split(";", 1)[0]
+    assert "does not answer" in lines[0] and lines[0].endswith(f"wandb sync {where}")
+    assert os.path.isdir(where) and where.startswith(str(alone / "wandb"))
+
+    # A run resumed under the same conditions trains its 10 more steps and logs them offline.
+    workdir = copy_run(base_run, tmp_path)
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["complete"] and summary["step"] == 40
+    assert [r["step"] for r in workdir_lib.read_metrics(workdir)][-1] == 40
+    assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
+
+
+def test_wandb_key_from_a_self_hosted_login(tmp_path, monkeypatch):
+    from mnv2_jax import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine wandb.example.org\n  login user\n  password " + "1" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    port = _closed_port()
+
+    # The login is for wandb.example.org: it counts for that server only.
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert wandb_mode.key_source() == str(netrc)
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert wandb_mode.key_source() is None  # api.wandb.ai has no entry
+    mode, why = wandb_mode.decide("auto")
+    assert mode == "offline" and "no API key" in why and "api.wandb.ai" in why
+
+    # A self-hosted server on this machine: the key is found, so the server is asked (and is down).
+    netrc.write_text("machine 127.0.0.1 login user password " + "1" * 40 + "\n")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    mode, why = wandb_mode.decide("auto")
+    assert mode == "offline" and "does not answer" in why and str(port) in why
+    assert wandb_mode.decide("disabled") == ("disabled", "config wandb.mode='disabled'")
 
 
 @pytest.mark.parametrize(
@@ -409,6 +523,9 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
         ({"wandb.mode": "sometimes"}, r"'wandb.mode'.*'offline'.*'sometimes'"),
         ({"total_epochs": 3.0}, r"'total_steps' and 'total_epochs'"),
         ({"batch_size": 0}, r"'batch_size'"),
+        # The 8 simulated devices (tests/conftest.py): global batches must split over them.
+        ({"batch_size": 30}, r"'batch_size': 30 does not split evenly over 8 devices; .* 24 or 32"),
+        ({"eval_batch_size": 60}, r"'eval_batch_size': 60 .* 56 or 64"),
     ],
 )
 def test_invalid_value_is_refused_before_anything_runs(tmp_path, data_dir, overrides, pattern):
@@ -457,7 +574,17 @@ def test_offline_mnist_learns(tmp_path, data_dir):
         checkpoint_every_steps=150,
     )
     summary = train.train_and_evaluate(config, workdir)
-    records = metrics.read_metrics(workdir)
+    records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records] == [50, 100, 150]
     assert records[-1]["train/loss"] < 0.75 * records[0]["train/loss"]
     assert summary["eval/top1"] > 0.6 and summary["eval_ema/top1"] > 0.6, summary
+
+
+def test_init_from_a_finished_run_starts_from_its_averaged_weights(tmp_path, data_dir, base_run):
+    """The new run's weights and their average start as the finished run's averaged weights (in
+    separate buffers: the train step donates the state) and training goes on from there."""
+    source, _ = base_run
+    workdir = str(tmp_path / "finetune")
+    summary = train.train_and_evaluate(make_config(data_dir, total_steps=2, init_from=source), workdir)
+    assert summary["complete"] and summary["step"] == 2
+    assert all(np.isfinite(r["train/loss"]) for r in workdir_lib.read_metrics(workdir) if "train/loss" in r)

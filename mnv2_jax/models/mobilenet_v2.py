@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from mnv2_jax.nn import layers
 from mnv2_jax.nn.batch_norm import BatchNorm
-from mnv2_jax.spec import Architecture, BlockSpec, build_architecture
+from mnv2_jax.spec import Architecture, BlockSpec, build_architecture, tap_names
 
 Dtype = Any
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
@@ -145,7 +145,25 @@ class MobileNetV2(nn.Module):
     pointwise_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        return_features: bool = False,
+        taps: Sequence[str] | None = None,
+    ):
+        """Logits (or pooled features when `arch.num_classes` is 0).
+
+        `return_features=True` also returns every named intermediate tensor; `taps` returns
+        `(logits, {name: tensor})` for just the named ones (`spec.tap_names(arch)` lists them:
+        `stem`, `block_{i}`, `block_{i}/expansion`, `head`, `pre_logits`), which is what a task
+        head reads.
+        """
+        if taps is not None:
+            unknown = sorted(set(taps) - set(tap_names(self.arch)))
+            if unknown:
+                raise ValueError(f"taps: unknown feature {unknown}; known: {', '.join(tap_names(self.arch))}")
+            return_features = True
         layers.resolve_impl("depthwise", self.depthwise_impl)  # fail early on a bad name
         layers.resolve_impl("pointwise", self.pointwise_impl)
         if x.ndim != 4 or x.shape[-1] != 3:
@@ -184,6 +202,8 @@ class MobileNetV2(nn.Module):
                 name="classifier",
             )(x)
             x = x.astype(jnp.float32)
+        if taps is not None:
+            return x, {name: features[name] for name in taps}
         return (x, features) if return_features else x
 
 

@@ -10,11 +10,8 @@ textbook form
 
 needs two reductions over the batch (sum g, sum g * (x - mean)), where
 differentiating Flax's forward pass gives three and materialises one more
-full-size product. On the 2-core test machine the whole train step ran faster
-with it (median ratio of 20 alternating steps in one process, quartiles in
-brackets): 1.0/224 batch 32 by 9% (1.094 [1.02, 1.12]; 1.121 with a first
-version), 1.0/96 batch 128 by 6% (1.057 [1.01, 1.10]) and 0.35/96 batch 128
-by 5% (1.054 [0.96, 1.09]).
+full-size product, which makes the CPU train step 5-9% faster (measured in
+the top-level README's benchmarks).
 
 With `bn_axis_name` (statistics across the devices of a `pmap`/`shard_map`)
 the model uses Flax's own module: a cross-device mean inside a custom gradient

@@ -57,11 +57,10 @@ def _pads(x_shape, kernel_shape, stride: int, dilation: int) -> tuple[tuple[int,
 # cuDNN indexes tensors with 32-bit integers: a convolution whose input or
 # output holds more elements runs in slower kernels, if at all. PyTorch splits
 # the batch of such a convolution into pieces under the bound (aten's
-# `split_batch_dim_to_32bit_out`); `conv_lax` does the same on GPU. On one H200
-# our bf16 train step at 1.0/224 ran at 12,199 images/s at batch 1024 and
-# 2,159 at 2048, where block 1's expansion (112 x 112 x 96) passes 2^31
-# elements; the split's effect there is not measured yet
-# (`benchmarks/batch_cliff.py` times it, and without it with `--no-conv-split`).
+# `split_batch_dim_to_32bit_out`); `conv_lax` does the same on GPU, where at
+# 1.0/224 block 1's expansion (112 x 112 x 96) passes 2^31 elements from batch
+# 1,784 (`benchmarks/batch_cliff.py` times it, and without the split with
+# `--no-conv-split`).
 GPU_CONV_MAX_ELEMENTS = 2**31 - 1
 
 
@@ -157,12 +156,9 @@ def _depthwise_input_grad(g, kernel, size, pad_low, padded, stride, dilation):
     grid of the padded input, padded once by a kernel's reach on each side, then
     kh*kw shifted multiply-adds with the flipped kernel, cropped to the input.
 
-    Written as kh*kw zero-padded scatters of g summed (one `lax.pad` with interior
-    padding per tap), XLA fused them but paid bounds checks per tap and element;
-    one materialised pad and plain slices, as in the forward pass, made the train
-    step 1.0/160 batch 128 8% faster (2.75 -> 2.54 s) and 1.0/224 batch 32 3%
-    faster on the 2-core test machine; small settings (0.35/96, 1.0/96 at batch
-    32) moved within their noise (-2% and -6%, ranges overlapping).
+    One materialised pad and plain slices, as in the forward pass, rather than
+    kh*kw zero-padded scatters of g (one `lax.pad` with interior padding per
+    tap), which XLA fuses but with bounds checks per tap and element.
     """
     (h, w), (pt, pl), (hp, wp) = size, pad_low, padded
     kh, kw = kernel.shape[:2]
@@ -227,14 +223,8 @@ def depthwise_kernel_grad(
 
     XLA materialises each tap's view and reduces it on its own, so over the whole
     batch at once `g` is read from memory kh*kw times and the scheduler keeps the
-    kh*kw views alive together. A chunk stays in cache. On the 2-core test
-    machine the kernel gradient alone at batch 128 took 296 -> 159 ms
-    (56x56x144, chunks of 1 image), 65 -> 39 ms (14x14x576, 2), 34 -> 15 ms
-    (7x7x960, 4). In the whole train step the time moved within noise (1.0/224
-    batch 32: median ratio of 20 alternating steps 1.02), but XLA's
-    temporaries fell by about half: 4.48 -> 2.46 GiB at 1.0/224 batch 32,
-    17.9 -> 9.8 GiB at batch 128, 9.13 -> 5.01 GiB at 1.0/160 batch 128,
-    1.41 -> 0.84 GiB at 0.35/96 batch 128.
+    kh*kw views alive together. A chunk stays in cache, and XLA's temporaries
+    for the train step are about half those of the whole-batch version.
     """
     batch, _, _, channels = x.shape
     if chunk >= batch:
@@ -246,14 +236,9 @@ def depthwise_kernel_grad(
     span = (chunk, (ho - 1) * stride + 1, (wo - 1) * stride + 1, channels)
 
     # Loops over slices of x and g, not `lax.map` over (batch // chunk, chunk, ...)
-    # reshapes: XLA copied each reshaped operand (a full-size copy at chunks of 1);
-    # the train step at 1.0/224 batch 32 ran 5% faster without the copies (median
-    # ratio of 20 alternating steps 1.052, quartiles 1.03-1.17). The taps are a
+    # reshapes, which XLA copies (a full-size copy at chunks of 1). The taps are a
     # loop too, so that XLA compiles one tap kernel and one reduction per layer
-    # shape instead of kh*kw of each: the 1.0/224 train step went from 641 to 586
-    # compiled kernels (2,376 -> 2,206 fusions) and compiled 0.9-3.3 s faster
-    # (13.3 -> 10.0, 12.5 -> 11.1 s at batch 32, 11.9 -> 11.0 s at batch 128) at
-    # the same step time.
+    # shape instead of kh*kw of each (fewer kernels, a faster compile).
     def add_chunk(i, dk):
         xc = lax.dynamic_slice_in_dim(x, i * chunk, chunk)
         gc = lax.dynamic_slice_in_dim(g, i * chunk, chunk)
@@ -354,13 +339,9 @@ def pointwise_small_k(x: jax.Array, w: jax.Array) -> jax.Array:
 
     With K = C_in <= 24 a matmul is bound by writing its wide output, which the
     batch norm and ReLU6 after it then read back. As multiply-adds XLA fuses the
-    conv into that elementwise pass: the expansion conv of block 1 at 1.0/224
-    (K = 16 -> 96 channels, batch 32) with its BN and ReLU6 took 12 ms instead
-    of 24 ms on the 2-core test machine (K = 24: 7 vs 9 ms; K = 32 was slower).
-    Whole-model inference, same process, alternating: 1.0/224 b32 203 -> 198 ms,
-    1.0/160 b32 107 -> 101 ms, 0.5/128 b128 120 -> 111 ms; on small tensors
-    (0.35/96 b32) it was 3% slower, hence `SMALL_K_PIXELS`. The train step did
-    not change (1.21 s at 1.0/224 b32). The gradients are `_pointwise_dot`'s.
+    conv into that elementwise pass, which pays up to K = 24 over large maps and
+    not on small tensors, hence `SMALL_K` and `SMALL_K_PIXELS`. The gradients
+    are `_pointwise_dot`'s.
     """
     acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 inputs sum in float32, as a matmul's do
     xa, wa = x.astype(acc), w.astype(acc)

@@ -47,24 +47,17 @@ from it); `mnv2 sweep list` needs no JAX or TensorFlow and answers in about a se
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from mnv2_jax import workdir as workdir_lib
+
 REQUIRED_ATTRIBUTES = ("NAME", "CONFIG", "WANDB_PROJECT", "SEEDS", "sweep")
-SWEEP_JSON = "sweep.json"
-LOG_FILE = "train.log"
-SUMMARY_FILE = "summary.json"  # written by the train loop (mnv2_jax.train.writer)
 CACHE_DIR = ".jax_cache"
 
 # Keys that are always in a run's name, with their prefixes.
@@ -459,40 +452,38 @@ def train_args(
     ]
 
 
-def sweep_record(sweep: Sweep, run: Run, global_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def sweep_record(
+    sweep: Sweep,
+    run: Run,
+    global_overrides: dict[str, Any] | None = None,
+    wandb_run_id: str | None = None,
+) -> dict[str, Any]:
     """The `sweep.json` a run directory carries (joined with summary.json by analysis)."""
-    return {
-        "sweep": sweep.name,
-        "run": run.name,
-        "sweep_file": sweep.path,
-        "config": sweep.config,
-        "fixed": _jsonable(sweep.fixed),
-        "overrides": _jsonable(run.overrides),
-        "global_overrides": _jsonable(global_overrides or {}),
-        "swept_keys": list(sweep.swept_keys),
-        "project": sweep.project,
-    }
+    return workdir_lib.sweep_record(
+        sweep=sweep.name,
+        run=run.name,
+        sweep_file=sweep.path,
+        config=sweep.config,
+        fixed=_jsonable(sweep.fixed),
+        overrides=_jsonable(run.overrides),
+        global_overrides=_jsonable(global_overrides or {}),
+        swept_keys=list(sweep.swept_keys),
+        project=sweep.project,
+        wandb_run_id=wandb_run_id,
+    )
 
 
-def write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_summary(workdir: str) -> dict[str, Any] | None:
-    try:
-        with open(os.path.join(workdir, SUMMARY_FILE)) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def is_complete(workdir: str) -> bool:
-    summary = read_summary(workdir)
-    return bool(summary and summary.get("complete") is True)
+def manifest(sweep: Sweep) -> dict[str, Any]:
+    """The sweep manifest a runner writes into the sweep root: every run the sweep has, so that
+    analysis can tell which runs of it are missing without loading the sweep file."""
+    return workdir_lib.sweep_manifest(
+        sweep=sweep.name,
+        sweep_file=sweep.path,
+        config=sweep.config,
+        project=sweep.project,
+        swept_keys=list(sweep.swept_keys),
+        runs=[run.name for run in sweep.runs],
+    )
 
 
 def stale_keys(workdir: str, config) -> list[str]:
@@ -504,9 +495,8 @@ def stale_keys(workdir: str, config) -> list[str]:
     from mnv2_jax import config as config_lib
 
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            stored = config_lib.flatten(json.load(f))
-    except (OSError, json.JSONDecodeError):
+        stored = config_lib.flatten(workdir_lib.read_config(workdir) or {})
+    except (OSError, ValueError):
         return []
     out = []
     for key, value in config_lib.flatten(config).items():
@@ -516,448 +506,3 @@ def stale_keys(workdir: str, config) -> list[str]:
         if _normalise(stored[key]) != _normalise(value):
             out.append(f"{key}: {stored[key]!r} -> {value!r}")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The local runner
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def _last_line(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            lines = [line.strip() for line in f.readlines()[-50:] if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def _progress_line(path: str) -> str:
-    """The last progress line a run's train.log holds ("step 120/200 ... ETA 00:41", "compiling ...")."""
-    try:
-        with open(path, errors="replace") as f:
-            lines = f.readlines()[-50:]
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        if line.startswith(("step ", "eval at", "compiling", "resuming")):
-            return " ".join(line.split())[:70]
-    return "starting"
-
-
-@dataclasses.dataclass
-class SweepResult:
-    """What a local sweep invocation did; `exit_code` is non-zero if a run failed or it was stopped."""
-
-    total: int
-    done: list[str] = dataclasses.field(default_factory=list)
-    skipped: list[str] = dataclasses.field(default_factory=list)
-    failed: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)  # name, exit code, log
-    interrupted: list[str] = dataclasses.field(default_factory=list)
-    not_started: list[str] = dataclasses.field(default_factory=list)
-    stale: list[str] = dataclasses.field(default_factory=list)  # complete, but with another config
-    signal: int | None = None
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        if self.signal is not None:
-            return 128 + self.signal
-        return 1 if self.failed else 0
-
-
-@dataclasses.dataclass
-class _Running:
-    run: Run
-    process: subprocess.Popen
-    log_path: str
-    started: float
-    log_file: Any
-
-
-def run_sweep(
-    sweep: Sweep,
-    root: str,
-    global_overrides: dict[str, Any] | None = None,
-    parallel: int = 1,
-    *,
-    command_prefix: Sequence[str] | None = None,
-    env: dict[str, str] | None = None,
-    log: Callable[[str], None] | None = None,
-    poll_interval: float = 0.5,
-    stop_timeout: float = 600.0,
-) -> SweepResult:
-    """Run every incomplete run of `sweep` under `root`, `parallel` at a time.
-
-    `command_prefix` replaces `python -m mnv2_jax` (tests use a fake trainer). Completed runs
-    are skipped; the others start (or resume: the train command resumes a workdir by itself).
-    Progress: a line as each run starts and ends (k of N, elapsed, time left); with the default
-    `log` (the console) on a terminal also a live bar showing the running runs' last log lines.
-    """
-    from mnv2_jax import progress
-
-    console = log is None
-    log = progress.say if log is None else log
-    global_overrides = dict(global_overrides or {})
-    validate_global_overrides(sweep, global_overrides)
-    if parallel < 1:
-        raise ValueError(f"--parallel must be >= 1, got {parallel}")
-    root = os.path.abspath(root)
-    os.makedirs(root, exist_ok=True)
-    prefix = list(command_prefix or (sys.executable, "-m", "mnv2_jax"))
-    child_env = dict(os.environ if env is None else env)
-    # One compilation cache for the whole sweep (an explicit setting wins, e.g. the test suite's).
-    child_env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, CACHE_DIR))
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-
-    start = time.time()
-    result = SweepResult(total=len(sweep.runs))
-    pending: list[Run] = []
-    for run in sweep.runs:
-        workdir = os.path.join(root, run.name)
-        if is_complete(workdir):
-            result.skipped.append(run.name)
-            differing = stale_keys(workdir, sweep.resolved(run, global_overrides))
-            if differing:
-                result.stale.append(run.name)
-                log(
-                    f"warning: {run.name} is complete but was trained with another config "
-                    f"({'; '.join(differing[:3])}{'; ...' if len(differing) > 3 else ''}); not rerun"
-                )
-        else:
-            pending.append(run)
-    log(
-        f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(result.skipped)} already complete (skipped), "
-        f"{len(pending)} to run, {parallel} at a time; logs in {root}/<run>/{LOG_FILE}"
-    )
-
-    stop: dict[str, int | None] = {"signal": None}
-    handlers: dict[int, Any] = {}
-    running: list[_Running] = []
-    if threading.current_thread() is threading.main_thread():
-
-        def on_signal(signum, _frame):
-            if stop["signal"] is not None and signum == signal.SIGINT:
-                # A second Ctrl-C: do not wait for checkpoints.
-                for item in running:
-                    _signal_group(item.process, signal.SIGKILL)
-            stop["signal"] = signum
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handlers[signum] = signal.signal(signum, on_signal)
-
-    durations: list[float] = []
-    finished = len(result.skipped)
-    started = len(result.skipped)
-    shown = progress.bar(result.total, f"sweep {sweep.name}", unit="run", initial=finished, enabled=console)
-
-    def eta() -> str:
-        if not durations:
-            return ""
-        left = len(pending) + len(running)
-        return f", ETA {_duration(sum(durations) / len(durations) * left / parallel)}" if left else ""
-
-    try:
-        while (pending and stop["signal"] is None) or running:
-            while pending and len(running) < parallel and stop["signal"] is None:
-                run = pending.pop(0)
-                started += 1
-                elapsed = time.time() - start
-                timing = f" (elapsed {_duration(elapsed)}{eta()})" if elapsed >= 1 else ""
-                counter = f"[{started}/{result.total}] "
-                running.append(
-                    _start(sweep, run, root, global_overrides, prefix, child_env, log, counter, timing)
-                )
-            time.sleep(poll_interval)
-            if not shown.disable:  # what the running runs print last ("step 120/200 ... ETA 00:41")
-                shown.set_description_str(
-                    "; ".join(f"{r.run.name}: {_progress_line(r.log_path)}" for r in running) or sweep.name
-                )
-            if stop["signal"] is not None:
-                _stop_all(running, stop_timeout, log)
-            for item in [r for r in running if r.process.poll() is not None]:
-                running.remove(item)
-                item.log_file.close()
-                seconds = time.time() - item.started
-                workdir = os.path.join(root, item.run.name)
-                rc = item.process.returncode
-                finished += 1
-                if rc == 0 and is_complete(workdir):
-                    result.done.append(item.run.name)
-                    shown.update(1)
-                    durations.append(seconds)
-                    summary = read_summary(workdir) or {}
-                    top1 = summary.get("eval_ema/top1", summary.get("eval/top1"))
-                    top1_text = f", eval top-1 {top1:.4f}" if isinstance(top1, (int, float)) else ""
-                    log(
-                        f"[{finished}/{result.total}] done {item.run.name} in {_duration(seconds)}{top1_text}; "
-                        f"elapsed {_duration(time.time() - start)}"
-                        + (eta() if stop["signal"] is None else "")
-                    )
-                elif stop["signal"] is not None:
-                    finished -= 1
-                    result.interrupted.append(item.run.name)
-                    log(f"stopped {item.run.name} after {_duration(seconds)} (exit {rc}); a rerun resumes it")
-                else:
-                    if rc == 0:
-                        rc = -1  # exited 0 without a complete summary: count it as a failure
-                    result.failed.append((item.run.name, rc, item.log_path))
-                    shown.update(1)
-                    log(
-                        f"[{finished}/{result.total}] FAILED {item.run.name} (exit {rc}) after "
-                        f"{_duration(seconds)}; log: {item.log_path}"
-                    )
-    finally:
-        shown.close()
-        for item in running:  # only on an unexpected error in this loop
-            _signal_group(item.process, signal.SIGTERM)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    result.not_started = [run.name for run in pending]
-    result.signal = stop["signal"]
-    result.seconds = time.time() - start
-    log(format_report(sweep, root, result))
-    return result
-
-
-def _start(
-    sweep: Sweep,
-    run: Run,
-    root: str,
-    global_overrides: dict[str, Any],
-    prefix: list[str],
-    env: dict[str, str],
-    log: Callable[[str], None],
-    counter: str = "",
-    note: str = "",
-) -> _Running:
-    workdir = os.path.join(root, run.name)
-    resuming = any(os.path.exists(os.path.join(workdir, f)) for f in ("config.json", "checkpoints"))
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, SWEEP_JSON), sweep_record(sweep, run, global_overrides))
-    argv = [*prefix, "train", *train_args(sweep, run, workdir, global_overrides)]
-    log_path = os.path.join(workdir, LOG_FILE)
-    log_file = open(log_path, "a")
-    log_file.write(f"=== mnv2 sweep {sweep.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
-    log_file.flush()
-    # A session of its own: Ctrl-C reaches the runner only, which then SIGTERMs the run so
-    # that it checkpoints instead of dying mid-step.
-    process = subprocess.Popen(
-        argv,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    log(f"{counter}{'resume' if resuming else 'start'} {run.name}{note}")
-    return _Running(run, process, log_path, time.time(), log_file)
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _stop_all(running: list[_Running], timeout: float, log: Callable[[str], None]) -> None:
-    """SIGTERM every running run (the train loop checkpoints and exits), then wait for them."""
-    if not running:
-        return
-    log(f"stopping {len(running)} running run(s): SIGTERM, waiting for their checkpoints")
-    for item in running:
-        _signal_group(item.process, signal.SIGTERM)
-    deadline = time.time() + timeout
-    for item in running:
-        try:
-            item.process.wait(timeout=max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
-            _signal_group(item.process, signal.SIGKILL)
-            item.process.wait()
-
-
-def format_report(sweep: Sweep, root: str, result: SweepResult) -> str:
-    lines = [
-        f"sweep {sweep.name}: {len(result.done)} done, {len(result.skipped)} skipped (complete), "
-        f"{len(result.failed)} failed"
-        + (
-            f", {len(result.interrupted)} interrupted, {len(result.not_started)} not started"
-            if result.signal
-            else ""
-        )
-        + f" of {result.total}, in {_duration(result.seconds)}; workdirs in {root}"
-    ]
-    if result.stale:
-        lines.append(
-            f"stale (complete, but trained with another config; delete them or use a new --workdir to "
-            f"retrain): {', '.join(result.stale)}"
-        )
-    if result.failed:
-        lines.append("failed runs:")
-        for name, rc, path in result.failed:
-            last = _last_line(path)
-            lines.append(f"  {name}  exit {rc}  log: {path}" + (f"\n      {last}" if last else ""))
-    if result.signal is not None:
-        lines.append("stopped by a signal; rerun the same command to resume")
-    elif result.failed:
-        lines.append("rerun the same command to retry the failed runs (completed runs are skipped)")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line (`mnv2 sweep ...`): the parser is built here so that cli.py stays small.
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `mnv2 sweep {list,run,launch,export-wandb,train,agent}`."""
-    p = sub.add_parser(
-        "sweep",
-        help="list, run, launch (Cloud TPU) or export (wandb) a sweep file",
-        description="Sweeps declared in sweeps/*.py: one workdir per run, validated before anything starts.",
-    )
-    s = p.add_subparsers(dest="sweep_command", required=True, metavar="SUBCOMMAND")
-
-    q = s.add_parser("list", help="every run with its overrides, MAdds and parameters (no JAX)")
-    q.add_argument("file", help="sweeps/X.py")
-    q.add_argument(
-        "--json", action="store_true", help='{"count": N, "runs": [{name, overrides, madds, params}]}'
-    )
-
-    q = s.add_parser(
-        "run",
-        help="run the sweep here, one subprocess per run (rerun to resume; completed runs are skipped)",
-        description="Extra --config.KEY=VALUE arguments apply to every run (e.g. to shorten them).",
-    )
-    q.add_argument("file")
-    q.add_argument("--workdir", required=True, help="root: one directory per run, ROOT/<run name>")
-    q.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
-    q.add_argument(
-        "--plot",
-        default=None,
-        help="then draw these plots (comma-separated kinds of `mnv2 plot`, e.g. fig5,table) into ROOT/plots",
-    )
-
-    q = s.add_parser(
-        "launch",
-        help="start the sweep on Cloud TPU slices (gcloud), or print one train command per run",
-        description="Extra --config.KEY=VALUE arguments apply to every run.",
-    )
-    q.add_argument("file")
-    q.add_argument("--tpu", default=None, help="TPU VM name(s), comma-separated: runs go round-robin")
-    q.add_argument("--zone", default=None)
-    q.add_argument("--project", default=None, help="Google Cloud project (default: gcloud's)")
-    q.add_argument("--workdir", default=None, help="runs root (gs://... for multi-host slices)")
-    q.add_argument("--data-dir", default=None, help="TFDS_DATA_DIR on the workers")
-    q.add_argument("--package", default=None, help="pip requirement to install instead of this git commit")
-    q.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
-    q.add_argument("--skip-setup", action="store_true", help="do not (re)install the package on the workers")
-    q.add_argument(
-        "--print-commands",
-        action="store_true",
-        help="print one `mnv2 train ...` line per run (Slurm arrays etc.)",
-    )
-
-    q = s.add_parser("export-wandb", help="write a wandb sweep YAML (method grid) for `wandb sweep`")
-    q.add_argument("file")
-    q.add_argument("--out", default=None, help="output file (default: stdout)")
-    q.add_argument("--workdir", default=None, help="runs root on the agents (default runs/<sweep name>)")
-
-    q = s.add_parser(
-        "train",
-        help="train one run of a wandb sweep: workdir ROOT/<run name> derived from the overrides",
-        description="What `wandb agent` runs (see export-wandb); extra --config.KEY=VALUE: the run.",
-    )
-    q.add_argument("--config", required=True, help="configs/X.py[:ARG]")
-    q.add_argument("--workdir-root", required=True)
-    q.add_argument("--group", default=None, help="wandb group (the sweep name)")
-    q.add_argument("--tags", default="", help="comma-separated wandb tags (the swept keys)")
-    q.add_argument(
-        "--project", default=None, help="wandb project (default: $WANDB_PROJECT, else the config's)"
-    )
-    q.add_argument("--overrides", default=None, help="a JSON object of overrides (non-grid sweeps)")
-    q.add_argument(
-        "--fixed", default=None, help="a JSON object: the sweep file's OVERRIDES (not in the name)"
-    )
-
-    q = s.add_parser(
-        "agent",
-        help="multi-host wandb agent: process 0 takes the next run and broadcasts it to every host",
-    )
-    q.add_argument("sweep_id", help="SWEEP_ID or ENTITY/PROJECT/SWEEP_ID")
-    q.add_argument("--workdir", required=True, help="runs root: ROOT/<run name>")
-    q.add_argument(
-        "--count", type=int, default=None, help="runs to do (default: until the sweep is exhausted)"
-    )
-    q.add_argument(
-        "--config", default=None, help="configs/X.py[:ARG] (default: read from the sweep's command)"
-    )
-    return p
-
-
-def main(args: argparse.Namespace, extra: list[str]) -> int:
-    """`mnv2 sweep ...`; returns the exit code."""
-    command = args.sweep_command
-    overrides: dict[str, Any] = {}
-    if extra:
-        if command not in ("run", "launch", "train"):
-            raise ValueError(f"unrecognized arguments: {' '.join(extra)}")
-        from mnv2_jax.config import parse_override_args
-
-        overrides = parse_override_args(extra)
-
-    if command == "train":
-        from mnv2_jax.sweeps import launch
-
-        launch.train_one_from_cli(args, overrides)
-        return 0
-    if command == "agent":
-        from mnv2_jax.sweeps import launch
-
-        return launch.agent(args.sweep_id, args.workdir, count=args.count, config=args.config)
-
-    sweep = load_sweep(args.file)
-    if command == "list":
-        rows = list_runs(sweep)
-        if args.json:
-            print(json.dumps({"count": len(rows), "runs": rows}))
-        else:
-            print(format_listing(sweep, rows))
-        return 0
-    if command == "run":
-        code = run_sweep(sweep, args.workdir, overrides, parallel=args.parallel).exit_code
-        if args.plot:
-            from mnv2_jax.analysis import figures as analysis
-
-            runs = analysis.load_runs([args.workdir])
-            for kind in args.plot.split(","):
-                for path in analysis.make(kind.strip(), runs, os.path.join(args.workdir, "plots")):
-                    print(f"wrote {path}")
-        return code
-    if command == "launch":
-        from mnv2_jax.sweeps import launch
-
-        return launch.main(sweep, args, overrides)
-    if command == "export-wandb":
-        from mnv2_jax.sweeps import launch
-
-        text = launch.wandb_yaml(sweep, args.workdir or f"runs/{sweep.name}")
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text)
-            print(
-                f"wrote {args.out}: `wandb sweep {args.out}`, then `wandb agent ENTITY/PROJECT/ID`",
-                file=sys.stderr,
-            )
-        else:
-            sys.stdout.write(text)
-        return 0
-    raise ValueError(f"unknown sweep command {command!r}")

@@ -6,8 +6,8 @@ batch-norm statistics update and the weight average. Inference is the eval
 forward pass (running statistics), `steps.predict`: a big batch in chunks
 on one CPU device (`steps.infer_chunk`). Images/s is the median over repeats after
 a warm-up. Compile seconds: cold is trace, lower and compile into empty caches;
-cached is what a second process pays with warm caches (`mnv2_jax.train.step_cache`
-loads the compiled step instead of tracing and compiling it).
+cached is what a second process pays with a warm persistent compilation cache (it traces
+and lowers the step, and loads the executable instead of compiling it).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
@@ -53,12 +54,10 @@ def _steps_for(seconds_per_step: float, target_seconds: float = 2.0) -> int:
     return max(1, min(50, int(target_seconds / max(seconds_per_step, 1e-6))))
 
 
-def _compile_twice(make: Callable[[str], object], args: tuple) -> tuple[float, float, object]:
-    """Cold compile (into fresh caches), then again after dropping every in-memory
-    cache: the second is what a new process with warm caches pays, as `mnv2 train`
-    does it (the compiled step loaded from disk instead of traced and compiled).
-    `make(dir)` builds the `step_cache.CachedFunction`."""
-    import os
+def _compile_twice(jitted: Any, args: tuple) -> tuple[float, float, Any]:
+    """Trace, lower and compile `jitted` into a fresh persistent compilation cache (cold), then
+    again after dropping every in-memory cache: the second is what a new process with a warm
+    cache pays, as a rerun of `mnv2 train` does."""
     import tempfile
 
     import jax
@@ -72,23 +71,19 @@ def _compile_twice(make: Callable[[str], object], args: tuple) -> tuple[float, f
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
         compilation_cache.reset_cache()
-        steps_dir = os.path.join(cache, "mnv2_steps")
         try:
             start = time.perf_counter()
-            make(steps_dir).compile(*args)
+            jitted.lower(*args).compile()
             cold = time.perf_counter() - start
             jax.clear_caches()
             compilation_cache.reset_cache()
             start = time.perf_counter()
-            fn = make(steps_dir)
-            source = fn.compile(*args)
+            compiled = jitted.lower(*args).compile()
             cached = time.perf_counter() - start
-            if source != "disk":
-                raise RuntimeError(f"the second compile did not load the compiled step (got {source!r})")
         finally:
             jax.config.update("jax_compilation_cache_dir", previous)
             compilation_cache.reset_cache()
-    return cold, cached, fn
+    return cold, cached, compiled
 
 
 def peak_memory_bytes() -> int | None:
@@ -120,9 +115,11 @@ def benchmark(
     import jax
     import jax.numpy as jnp
 
-    from mnv2_jax import allocator
+    from mnv2_jax import allocator, tasks
     from mnv2_jax import config as config_lib
-    from mnv2_jax.train import optim, step_cache
+    from mnv2_jax.models import inference
+    from mnv2_jax.train import optim
+    from mnv2_jax.train import state as state_lib
     from mnv2_jax.train import step as steps_lib
 
     log = log or (lambda _: None)
@@ -141,7 +138,9 @@ def benchmark(
         ),
     )
     config_lib.validate_config(config)
-    model = config_lib.model_from_config(config, num_classes)
+    config.optim.update(optim.resolve_optim(config))
+    task = tasks.get_task(config)
+    model = task.model(num_classes)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.uniform(-1, 1, (batch_size, resolution, resolution, 3)).astype(np.float32)),
@@ -163,25 +162,16 @@ def benchmark(
         opt = optim.resolve_optim(config)
         tx = optim.create_optimizer(config, steps_per_epoch=1000)
         state = jax.jit(
-            lambda: steps_lib.create_train_state(model, tx, resolution, 0),
+            lambda: state_lib.create_train_state(model, tx, resolution, 0, task.train_metrics),
             compiler_options=steps_lib.init_compiler_options(),
         )()
-        step_fn = steps_lib.make_train_step(
-            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"]
-        )
+        step_fn = steps_lib.make_train_step(model, tx, loss_fn=task.loss, ema_decay=opt["ema_decay"])
         result["compile_seconds"], result["compile_seconds_cached"], compiled = _compile_twice(
-            lambda directory: step_cache.cached_jit(
-                step_fn,
-                name="train_step",
-                key=dict(config=config.to_json()),
-                donate_argnums=(0,),
-                cache_dir=directory,
-            ),
-            (state, batch),
+            jax.jit(step_fn, donate_argnums=(0,)), (state, batch)
         )
         log(
             f"train step compiled in {result['compile_seconds']:.1f} s cold, "
-            f"{result['compile_seconds_cached']:.1f} s loaded from the step cache"
+            f"{result['compile_seconds_cached']:.1f} s from the persistent compilation cache"
         )
         holder = {"state": state}
 
@@ -195,15 +185,15 @@ def benchmark(
         result["train_images_per_sec"] = batch_size * n / statistics.median(seconds)
         result["train_steps_per_repeat"] = n
         log(f"train: {result['train_images_per_sec']:.1f} images/s ({n} steps x {repeats} repeats)")
-        variables = steps_lib.eval_variables(holder["state"], ema=False)
+        variables = state_lib.eval_variables(holder["state"], ema=False)
     else:
         variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), batch["image"][:1]))()
     if "infer" in modes:
-        infer = jax.jit(lambda v, x: steps_lib.predict(model, v, x, infer_chunk))
+        infer = jax.jit(lambda v, x: inference.predict(model, v, x, infer_chunk))
         start = time.perf_counter()
         compiled_infer = infer.lower(variables, batch["image"]).compile()
         result["infer_compile_seconds"] = time.perf_counter() - start
-        result["infer_chunk"] = infer_chunk or steps_lib.infer_chunk(
+        result["infer_chunk"] = infer_chunk or inference.infer_chunk(
             batch_size, (resolution, resolution), width
         )
         first = min(_time_steps(lambda: compiled_infer(variables, batch["image"]), 1, 3))

@@ -8,9 +8,11 @@ channels independently, so splitting them into S groups gives, exactly,
 once, then the ReLU6 of the bottleneck ablation if any, then the shortcut.
 Only one group's slice of the expanded tensor exists at a time; the thin
 bottleneck tensors (input, accumulator) are the only whole ones. Batch norm is
-folded into the convs first (`mnv2_jax.tools.interop.export.fold_batch_norm`):
-inference only. `split_apply(arch, folded_params, x, split)` runs the network
-so, with S per block (S=1: the standard block).
+folded into the convs first (`mnv2_jax.models.folded`): inference only.
+`split_apply(arch, folded_params, x, split)` runs the network so, with S per
+block (S=1: the standard block, `mnv2_jax.models.folded.inverted_residual`);
+a group's term is that module's `block_inner` on a slice of the weights, and
+the sum goes through its `block_output`.
 
 Two more layers get the treatment when their neighbour block is split:
 
@@ -19,14 +21,14 @@ Two more layers get the treatment when their neighbour block is split:
   run together in S strips of output rows (plus the one-row halo the 3x3
   depthwise needs), so the 32x112x112 tensor never exists whole. Row strips,
   not channel groups: an 8-channel slice of the stem conv misses XLA:CPU's
-  fast convolution path and ran ~4x slower per channel. Needs block 0 without
+  fast convolution path and runs ~4x slower per channel. Needs block 0 without
   expansion conv, shortcut, stride or dilation (Table 2's first row);
   otherwise the stem runs whole and block 0 is split by channels.
 * Head + pooling. The last 1x1 conv (1280 channels at 7x7) feeds only the
   global average pool, so it runs in S groups of output channels, each pooled
   at once (the last block's S). Table 3 likewise lists 1280 channels at 1x1.
 
-What it took for XLA to keep the saving (measured at 1.0/224, batch 1, CPU):
+What keeps the saving under XLA (measured at 1.0/224, batch 1, CPU):
 
 1. A loop. Written as a Python loop, the S groups are independent
    computations; XLA's scheduler interleaves them and several groups' slices
@@ -41,7 +43,7 @@ What it took for XLA to keep the saving (measured at 1.0/224, batch 1, CPU):
    instead of 3.5 MB at S=4. `_zeros_after` ties them to the block's input.
 3. Weight slices that are not fused. Slicing a group's weights at the traced
    loop index (`lax.dynamic_slice`) lets XLA fuse the slice into the large
-   elementwise loops (depthwise taps, bias + ReLU6), which then ran ~5x
+   elementwise loops (depthwise taps, bias + ReLU6), which then run ~5x
    slower. The slices come out of a `lax.switch` over static slices instead:
    one copy of the group's weights per iteration (the small ones packed into
    one vector, to keep the number of XLA ops, each ~5 us to launch, down).
@@ -170,7 +172,7 @@ def group_width(channels: int, groups: int, align: int = ALIGN) -> int:
     """Channels per group: ceil(channels / groups), rounded up to a multiple of `align` when
     `groups` groups of that width still each start below `channels` (else unrounded).
 
-    Why: XLA:CPU vectorises over the channel axis; 29- or 20-channel slices ran
+    Why: XLA:CPU vectorises over the channel axis; 29- or 20-channel slices make
     the split model ~15% slower than 32 or 24 (S=5 at 1.0/224).
     """
     width = -(-channels // groups)
@@ -185,12 +187,6 @@ def _group_start(i, width: int, total: int):
     import jax.numpy as jnp
 
     return jnp.minimum(i * width, total - width)
-
-
-def _relu6(x):
-    from mnv2_jax.nn import layers
-
-    return layers.relu6(x)
 
 
 def _fuses_stem(arch: Architecture, splits: tuple[int, ...]) -> bool:
@@ -225,6 +221,7 @@ def _split_block(
     import jax.numpy as jnp
     from jax import lax
 
+    from mnv2_jax.models import folded
     from mnv2_jax.nn import layers
 
     inner = block.expanded_channels
@@ -277,14 +274,16 @@ def _split_block(
             w = slices(i)
         else:  # one copy of this group's slices, through a switch (module docstring, point 3)
             w = unpack(lax.switch(i, [lambda j=j: packed(j) for j in range(groups)]))
+        group = {"depthwise": {"kernel": w["dw"], "bias": w["dwb"]}}
         if block.has_expansion:
-            e = _relu6(layers.pointwise_conv(x, w["in"], pointwise_impl) + w["inb"])
-        else:
-            e = w["x"]
-        d = layers.depthwise_conv(e, w["dw"], block.stride, block.dilation, depthwise_impl)
-        d = _relu6(d + w["dwb"])
-        if block.shortcut == "expansion":
-            d = d + e
+            group["expand"] = {"kernel": w["in"], "bias": w["inb"]}
+        d = folded.block_inner(
+            x if block.has_expansion else w["x"],
+            group,
+            block,
+            depthwise_impl=depthwise_impl,
+            pointwise_impl=pointwise_impl,
+        )
         return layers.pointwise_conv(d, w["proj"], pointwise_impl)
 
     acc = _zeros_after(x, jax.eval_shape(lambda: term(0)).shape)
@@ -293,12 +292,7 @@ def _split_block(
     else:
         for i in range(groups):
             acc = acc + term(i)
-    y = acc + p["project"]["bias"]
-    if block.bottleneck_activation == "relu6":
-        y = _relu6(y)
-    if block.shortcut == "bottleneck":
-        y = y + x
-    return y
+    return folded.block_output(acc, p["project"]["bias"], block, x)
 
 
 def _first_layer_strips(
@@ -325,6 +319,7 @@ def _first_layer_strips(
     import jax.numpy as jnp
     from jax import lax
 
+    from mnv2_jax.models import folded
     from mnv2_jax.nn import layers
 
     n, h, w, _ = x.shape
@@ -341,14 +336,14 @@ def _first_layer_strips(
         e = lax.conv_general_dilated(
             window, stem_p["kernel"], (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        e = _relu6(e + stem_p["bias"])
+        e = layers.relu6(e + stem_p["bias"])
         j = start - 1 + jnp.arange(rows + 2)
         e = jnp.where(((j >= 0) & (j < h1))[None, :, None, None], e, 0).astype(e.dtype)
         # 'SAME' over rows+2 rows: output rows 1..rows read only rows inside the strip.
         d = layers.depthwise_conv(e, p["depthwise"]["kernel"], 1, 1, depthwise_impl)[:, 1 : rows + 1]
-        d = _relu6(d + p["depthwise"]["bias"])
-        y = layers.pointwise_conv(d, p["project"]["kernel"], pointwise_impl) + p["project"]["bias"]
-        return _relu6(y) if block.bottleneck_activation == "relu6" else y
+        d = layers.relu6(d + p["depthwise"]["bias"])
+        projected = layers.pointwise_conv(d, p["project"]["kernel"], pointwise_impl)
+        return folded.block_output(projected, p["project"]["bias"], block, None)  # no shortcut here
 
     def body(i, out):
         start = _group_start(i, rows, h1)
@@ -362,36 +357,15 @@ def _first_layer_strips(
     return out
 
 
-def _standard_block(x, p: dict, block: BlockSpec, *, depthwise_impl: str, pointwise_impl: str):
-    """The standard folded block (S=1): every tensor whole."""
-    from mnv2_jax.nn import layers
-
-    inputs = x
-    if block.has_expansion:
-        x = _relu6(layers.pointwise_conv(x, p["expand"]["kernel"], pointwise_impl) + p["expand"]["bias"])
-    expanded = x
-    x = layers.depthwise_conv(x, p["depthwise"]["kernel"], block.stride, block.dilation, depthwise_impl)
-    x = _relu6(x + p["depthwise"]["bias"])
-    if block.shortcut == "expansion":
-        x = x + expanded
-    x = layers.pointwise_conv(x, p["project"]["kernel"], pointwise_impl) + p["project"]["bias"]
-    if block.bottleneck_activation == "relu6":
-        x = _relu6(x)
-    if block.shortcut == "bottleneck":
-        x = x + inputs
-    return x
-
-
 def _head_pool(x, p: dict, groups: int, *, loop: str, pointwise_impl: str):
     """Head 1x1 conv + ReLU6 + global average pool, in `groups` groups of output channels."""
     import jax.numpy as jnp
     from jax import lax
 
-    from mnv2_jax.nn import layers
+    from mnv2_jax.models import folded
 
     def pooled(kernel, bias):
-        y = _relu6(layers.pointwise_conv(x, kernel, pointwise_impl) + bias)
-        return jnp.mean(y.astype(jnp.float32), axis=(1, 2))
+        return folded.head_pool(x, {"kernel": kernel, "bias": bias}, pointwise_impl=pointwise_impl)
 
     if groups == 1:
         return pooled(p["kernel"], p["bias"])
@@ -434,18 +408,18 @@ def split_apply(
 ):
     """The batch-norm-folded network with each block evaluated in `split` groups (Section 5.1).
 
-    `params`: the folded tree of `mnv2_jax.tools.interop.export.fold_batch_norm`
+    `params`: the folded tree of `mnv2_jax.models.folded.fold_batch_norm`
     (or `random_folded_params`). `split`: an int for every block or one per
     block (`plan_split` suggests one); S=1 everywhere is the standard folded
-    model, equal to `export.folded_apply` to float rounding. Computes in the
+    model, `mnv2_jax.models.folded.folded_apply` with the same conv
+    implementations. Computes in the
     dtype of `x` and `params`: cast both beforehand (a cast inside a jitted
     caller would materialise a copy of every weight). Returns logits, or the
     pooled features when `arch.num_classes == 0`. Jit it yourself; `arch`,
     `split` and the options are static. `loop='unrolled'` is the Python-loop
     version, kept to show why the loop matters.
     """
-    import jax.numpy as jnp
-
+    from mnv2_jax.models import folded
     from mnv2_jax.nn import layers
 
     if loop not in SPLIT_LOOPS:
@@ -460,21 +434,21 @@ def split_apply(
         b0, s0 = blocks.pop(0)
         x = _first_layer_strips(x, params["stem"], arch.stem, params[b0.name], b0, s0, loop=loop, **impls)
     else:
-        x = _relu6(layers.conv_lax(x, params["stem"]["kernel"], arch.stem.stride) + params["stem"]["bias"])
+        x = folded.stem(x, params["stem"], arch.stem)
     for block, s in blocks:
         if s == 1:
-            x = _standard_block(x, params[block.name], block, **impls)
+            x = folded.inverted_residual(x, params[block.name], block, **impls)
         else:
             x = _split_block(x, params[block.name], block, s, loop=loop, **impls)
     x = _head_pool(x, params["head"], splits[-1], loop=loop, pointwise_impl=impls["pointwise_impl"])
     if arch.num_classes:
-        kernel = params["classifier"]["kernel"]
-        x = (x.astype(kernel.dtype) @ kernel + params["classifier"]["bias"]).astype(jnp.float32)
+        x = folded.classifier(x, params["classifier"])
     return x
 
 
 def random_folded_params(arch: Architecture, seed: int = 0) -> dict:
-    """Folded parameters (the tree and shapes of `fold_batch_norm`'s) with random values.
+    """Folded parameters (the tree and shapes of `mnv2_jax.models.folded.fold_batch_norm`'s) with
+    random values.
 
     Memory and speed do not depend on the values, and building them directly
     skips compiling the module's init. He-normal kernels keep activations O(1),
@@ -523,8 +497,8 @@ def working_sets(
     activation the shifted depthwise conv reads, and for a stride-1 block also
     the depthwise output (XLA fuses the centre tap to read the expansion's
     output, which then stays alive) -- and the copy of the group's weight
-    slices, which is what dominates in low-resolution blocks. Used to plan
-    splits.
+    slices, which is what dominates in low-resolution blocks. `plan_split`
+    uses it.
     """
     splits = normalize_split(arch, split)
     h = w = resolution

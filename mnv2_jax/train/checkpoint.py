@@ -1,27 +1,33 @@
-"""Checkpoints (orbax) and reading runs back.
+"""Checkpoints: orbax train states under `workdir/checkpoints`, and the flat variables file of
+imported weights (`variables.msgpack`).
 
-A workdir's `checkpoints/` holds orbax steps, written atomically (orbax
-writes to a temporary directory and renames it), so a kill at any moment
-leaves the previous checkpoint loadable. Every process takes part in saves
-and restores; orbax coordinates them.
+orbax writes each step to a temporary directory and renames it (on GCS it writes the step in place
+and marks it finished with a commit file), so a kill at any moment leaves the previous checkpoint
+loadable. Every process takes part in saves and restores; orbax coordinates
+them, and its preemption check (`reached_preemption`) makes every host agree on the step at which
+a SIGTERM (preemption) stops the run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
-import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from mnv2_jax import workdir as workdir_lib
+
+VARIABLES = "variables.msgpack"
 
 
 class Checkpointer:
     """Save and restore the whole train state under `workdir/checkpoints`."""
 
     def __init__(self, workdir: str, keep: int = 3):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        path = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
+        self.directory = path.absolute() if workdir_lib.is_local(path) else path
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -33,12 +39,28 @@ class Checkpointer:
     def save(self, step: int, state: Any, force: bool = False) -> None:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> Any | None:
-        """The state at `step` (default: latest), or None when there is no checkpoint."""
+    def restore(self, abstract_state: Any = None, step: int | None = None) -> Any | None:
+        """The state at `step` (default: latest), or None when there is no checkpoint. Without
+        `abstract_state`, the saved tree comes back as nested dicts of arrays.
+
+        Arrays go where `abstract_state`'s leaves say (their shardings); leaves without one (from
+        `jax.eval_shape`, or no target at all) go to this process's first device, so that a
+        checkpoint written on another topology (a TPU slice, several processes) loads here.
+        """
         step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        if abstract_state is None:
+            abstract_state = self.manager.item_metadata(step)  # shapes and dtypes as saved
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def placed(leaf: Any) -> Any:
+            if isinstance(getattr(leaf, "sharding", None), jax.sharding.Sharding):
+                return leaf
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+
+        target = jax.tree.map(placed, abstract_state)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a preemption notice arrived (multi-host agreement)."""
@@ -51,48 +73,36 @@ class Checkpointer:
         self.manager.close()
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a run wrote to `workdir/config.json`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ValueError(f"{workdir}: not a run directory (no config.json)")
-    with open(path) as f:
-        stored = json.load(f)
-    stored.pop("provenance", None)
-    return ml_collections.ConfigDict(_tuples(stored))
+def has_variables_file(directory: str) -> bool:
+    return workdir_lib.path(directory, VARIABLES).exists()
 
 
-def _tuples(d: dict) -> dict:
-    """JSON turns tuples into lists; the config's tuple-valued keys want them back."""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out[key] = _tuples(value)
-        elif isinstance(value, list):
-            out[key] = tuple(value)
-        else:
-            out[key] = value
-    return out
+def save_variables(directory: str, variables: dict) -> None:
+    """`{'params', 'batch_stats'}` as one flat msgpack file (flax.serialization): the format of
+    imported weights, which have no optimizer state or step."""
+    from flax import serialization
+
+    state = {k: jax.tree.map(np.asarray, variables[k]) for k in ("params", "batch_stats")}
+    path = workdir_lib.path(directory, VARIABLES)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_bytes(serialization.to_bytes(state))
+    os.replace(tmp, path)
 
 
-def load_run(workdir: str, ema: bool = True, step: int | None = None):
-    """`(module, variables, config)` of a run: the latest checkpoint, EMA weights by default.
+def load_variables(directory: str, ema: bool = True) -> dict:
+    """`{'params', 'batch_stats'}` (NumPy arrays) of an imported-weights directory, or of a run
+    folder's latest checkpoint (the averaged weights unless `ema=False`)."""
+    from flax import serialization
 
-    The module is built for inference on any backend; `variables` is
-    `{'params': ..., 'batch_stats': ...}`.
-    """
-    from mnv2_jax import config as config_lib
-    from mnv2_jax.train import optim
-    from mnv2_jax.train import step as steps
-
-    config = read_config(workdir)
-    num_classes = config.num_classes
-    module = config_lib.model_from_config(config, num_classes)
-    tx = optim.create_optimizer(config, steps_per_epoch=1)
-    abstract = jax.eval_shape(lambda: steps.create_train_state(module, tx, config.resolution, 0))
-    checkpointer = Checkpointer(workdir)
-    state = checkpointer.restore(abstract, step)
-    checkpointer.close()
+    if has_variables_file(directory):
+        restored = serialization.msgpack_restore(workdir_lib.path(directory, VARIABLES).read_bytes())
+        return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    checkpointer = Checkpointer(directory)
+    try:
+        state = checkpointer.restore()
+    finally:
+        checkpointer.close()
     if state is None:
-        raise ValueError(f"{workdir}: no checkpoint to load")
-    return module, steps.eval_variables(state, ema=ema), config
+        raise ValueError(f"{directory}: no checkpoint and no {VARIABLES}: nothing to load")
+    prefix = "ema_" if ema else ""
+    return {"params": state[f"{prefix}params"], "batch_stats": state[f"{prefix}batch_stats"]}

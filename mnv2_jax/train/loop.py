@@ -14,6 +14,11 @@ parameters, optimizer state, EMA, batch-norm statistics, step, RNG and the
 input position, and so ends bit-identical to an uninterrupted run on CPU. A
 non-finite loss or gradient stops the run naming the step; the last good
 checkpoint stays.
+
+The loop knows nothing of what is trained: the task (`mnv2_jax.tasks`, chosen by
+`config.task`) supplies the model, the input pipeline, the loss and the evaluator.
+Compiled steps are kept in JAX's persistent compilation cache, so a rerun or the
+next run of a sweep with the same shapes does not compile again.
 """
 
 from __future__ import annotations
@@ -29,22 +34,21 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnv2_jax import accounting
+from mnv2_jax import allocator, tasks
 from mnv2_jax import config as config_lib
 from mnv2_jax import progress as console
-from mnv2_jax.data import input_pipeline as data
-from mnv2_jax.train import checkpoint as checkpointing
-from mnv2_jax.train import optim, step_cache
-from mnv2_jax.train import step as steps
-from mnv2_jax.train import writer as metrics
+from mnv2_jax import workdir as workdir_lib
+from mnv2_jax.train import checkpoint, optim
+from mnv2_jax.train import state as state_lib
+from mnv2_jax.train import step as step_lib
+from mnv2_jax.train import writer as writer_lib
 
-COMPLETE_KEY = "complete"
+COMPLETE_KEY = workdir_lib.COMPLETE_KEY
 
 
 class NonFiniteError(RuntimeError):
@@ -63,14 +67,44 @@ def enable_compilation_cache(path: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+DISTRIBUTED_ENV = "MNV2_DISTRIBUTED"  # "1": call jax.distributed.initialize() (cluster auto-detection)
+
+
 def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when launched as one process of several (Cloud TPU pod)."""
-    multi = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
-    if multi and jax.process_count() == 1:
+    """`jax.distributed.initialize` when launched as one process of several.
+
+    Explicitly, from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (any
+    machines, CPU collectives over gloo); or by JAX's cluster auto-detection on a Cloud TPU slice
+    (`MNV2_DISTRIBUTED=1`, which `mnv2 sweep launch` sets), Slurm or Kubernetes. It also starts
+    JAX's preemption notice service, through which every process learns of a SIGTERM that one of
+    them received.
+    """
+    if distributed_initialized():
+        return
+    env = os.environ
+    explicit = all(k in env for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))
+    detect = env.get(DISTRIBUTED_ENV) == "1" or any(
+        k in env for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS")
+    )
+    if explicit:
+        # Only the CPU backend needs this; other backends bring their own collectives.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+    elif detect:
         try:
             jax.distributed.initialize()
         except (RuntimeError, ValueError) as e:  # already initialised, or a single-host TPU VM
             print(f"jax.distributed.initialize skipped: {e}", file=sys.stderr)
+
+
+def distributed_initialized() -> bool:
+    from jax._src import distributed as jax_distributed  # no public "is initialised" query
+
+    return jax_distributed.global_state.client is not None
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -99,9 +133,11 @@ def provenance() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    commit = git("rev-parse", "HEAD")
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain")),
+        # Launched copies of the code are no git checkouts: the launcher passes the commit along.
+        "git_commit": commit or os.environ.get("MNV2_GIT_COMMIT"),
+        "git_dirty": bool(git("status", "--porcelain")) if commit else False,
         "command": sys.argv,
         "versions": versions,
         "python": platform.python_version(),
@@ -134,11 +170,10 @@ def _comparable(cfg: dict) -> dict:
 
 def check_workdir(workdir: str, resolved: ml_collections.ConfigDict, overwrite: bool) -> None:
     """Refuse to resume a workdir that holds a different config (unless --overwrite)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    found = workdir_lib.read_config(workdir)
+    if found is None:
         return
-    with open(path) as f:
-        stored = _comparable(json.load(f))
+    stored = _comparable(found)
     current = _comparable(json.loads(resolved.to_json()))
     differing = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if differing and not overwrite:
@@ -156,39 +191,6 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return max(1, math.ceil(config.total_epochs * steps_per_epoch))
 
 
-# Config keys that the compiled steps do not read: runs that differ only in these share their
-# compiled steps (`mnv2_jax.train.step_cache`), so a seed or learning-rate sweep compiles its train step
-# once. The data's keys reach the steps only as shapes (in the cache key anyway); the peak learning
-# rate and the weight decay only as initial values of the optimizer state (`optim.set_hyperparams`).
-# `tests/test_train.py` checks that changing all of them leaves the lowered steps unchanged.
-_NOT_READ_BY_STEPS = (
-    "seed", "wandb", "progress", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-    "keep_checkpoints", "init_from", "data_dir", "download", "cache", "shuffle_buffer", "augment", "eval_crop",
-    "dataset", "train_split", "eval_split", "num_train_examples", "num_eval_examples", "eval_batch_size",
-    "total_epochs", "total_steps", "optim.lr", "optim.lr_reference_batch", "optim.weight_decay",
-)  # fmt: skip
-
-
-# What `step_cache.CachedFunction.compile` did, in the words of the console line after the compile.
-_COMPILE_SOURCES = {
-    "disk": "loaded from the step cache",
-    "compiled": "kept in the step cache",
-    "jit": "not kept: step cache off",
-}
-
-
-def step_cache_key(config: ml_collections.ConfigDict, **extra: Any) -> dict:
-    """What the compiled steps depend on: the config (less `_NOT_READ_BY_STEPS`) and `extra`."""
-    values = json.loads(config.to_json())
-    for dotted in _NOT_READ_BY_STEPS:
-        *parents, name = dotted.split(".")
-        node = values
-        for parent in parents:
-            node = node.get(parent) or {}
-        node.pop(name, None)
-    return {"config": values, **extra}
-
-
 def bn_groups(config: ml_collections.ConfigDict) -> int:
     """How many independent batch-norm groups the global batch splits into."""
     if config.bn_group_size is None:
@@ -200,42 +202,38 @@ def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def evaluate(
-    eval_step, variables, config: ml_collections.ConfigDict, sharding: NamedSharding, show: bool = False
-) -> dict:
-    """Loss, top-1 and top-5 over every example of the eval split (exactly once).
+def evaluate(task, eval_step, variables, sharding: NamedSharding, show: bool = False) -> dict:
+    """The task's eval metrics over every example of the eval split (exactly once).
 
     `show`: a bar over the eval batches on a terminal when they take more than a few seconds."""
-    totals = None
-    batches = data.eval_iterator(config)
+    evaluator = task.evaluator()
+    batches = task.eval_iterator()
     if show and console.interactive():
-        examples = data.dataset_info(config).num_eval_examples
-        batch = config.eval_batch_size or config.batch_size
-        total = -(-examples // batch) if examples else None
-        batches = console.track(batches, "eval", total=total, unit="batch")
+        examples = task.dataset_info().num_eval_examples
+        batch = task.config.eval_batch_size or task.config.batch_size
+        batches = console.track(
+            batches, "eval", total=-(-examples // batch) if examples else None, unit="batch"
+        )
     for local in batches:
-        sums = eval_step(variables, _global_batch(local, sharding))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {
-        "loss": float(totals["loss"]) / count,
-        "top1": float(totals["top1"]) / count,
-        "top5": float(totals["top5"]) / count,
-        "examples": int(count),
-    }
+        evaluator.add(eval_step(variables, _global_batch(local, sharding)))
+    return evaluator.result()
 
 
-def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
-    """Start from another run's (or an imported) checkpoint: matching arrays are copied."""
+def make_eval_step(task, model, replicated: NamedSharding, batch_sharding: NamedSharding):
+    """The task's eval contribution of one batch, jitted over the mesh."""
+    return jax.jit(
+        lambda variables, batch: task.eval_outputs(model, variables, batch),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=replicated,
+    )
+
+
+def _load_init_from(path: str, state: state_lib.TrainState) -> state_lib.TrainState:
+    """Start from another run's (or imported) weights: arrays of matching name and shape are copied."""
+    import jax.numpy as jnp
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    if os.path.exists(os.path.join(path, "variables.msgpack")):
-        from mnv2_jax.tools.interop.keras import load_imported
-
-        variables = load_imported(path)
-    else:
-        _, variables, _ = checkpointing.load_run(path, ema=True)
+    variables = checkpoint.load_variables(path, ema=True)
     out = {}
     for collection in ("params", "batch_stats"):
         target = flatten_dict(getattr(state, collection))
@@ -249,24 +247,25 @@ def _load_init_from(path: str, state: steps.TrainState) -> steps.TrainState:
         if skipped:
             print(f"init_from {path}: {collection} not copied (absent or other shape): {', '.join(skipped)}")
         out[collection] = unflatten_dict(target)
+    # The average starts as its own copy: the train step donates the state, and one buffer
+    # cannot be donated twice.
     return state.replace(
         params=out["params"],
         batch_stats=out["batch_stats"],
-        ema_params=out["params"],
-        ema_batch_stats=out["batch_stats"],
+        ema_params=jax.tree.map(jnp.copy, out["params"]),
+        ema_batch_stats=jax.tree.map(jnp.copy, out["batch_stats"]),
     )
 
 
-def _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log=None):
-    return step_cache.cached_jit(
-        steps.make_eval_step(model),
-        name="eval_step",
-        key=step_cache_key(config, num_classes=num_classes),
-        in_shardings=(replicated, batch_sharding),
-        out_sharding=replicated,
-        log=log,
-        batch_size=config.eval_batch_size or config.batch_size,
-    )
+def compile_train_step(train_step, state, batch, progress: writer_lib.Progress) -> Any:
+    """Compile the train step for these shapes (from the persistent cache when it has them),
+    announcing it and saying how long it took and, on CPU, whether it fits in host memory."""
+    with progress.compiling("the train step"):
+        compiled = train_step.lower(state, batch).compile()
+    warning = allocator.host_memory_warning(compiled, "train_step", int(batch["image"].shape[0]))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return compiled
 
 
 def train_and_evaluate(
@@ -275,24 +274,26 @@ def train_and_evaluate(
     """Train (or resume) the run in `workdir`; returns the summary."""
     config_lib.validate_config(config)
     maybe_initialize_distributed()
+    config_lib.validate_batch_sizes(config, jax.device_count(), jax.process_count())
+    # A workdir this process cannot write is refused now, not at the first checkpoint.
+    workdir_lib.ensure_writable(workdir, "--workdir", tag=f"-{jax.process_index()}")
     enable_compilation_cache()
     is_main = jax.process_index() == 0
 
-    info = data.dataset_info(config)
+    info = tasks.get_task(config).dataset_info()
     num_classes = config.num_classes or info.num_classes
     resolved = resolve_config(config, num_classes)
-    steps_per_epoch = data.steps_per_epoch(config)
+    task = tasks.get_task(resolved)
+    steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
     n_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps or steps_per_epoch
 
-    os.makedirs(workdir, exist_ok=True)
     check_workdir(workdir, resolved, overwrite)
-    arch = config_lib.architecture_from_config(config, num_classes)
-    counts = accounting.count(arch, config.resolution)
+    counts = task.count(num_classes)
     if is_main:
         stored = json.loads(resolved.to_json())
         stored["provenance"] = provenance()
-        metrics.write_json(os.path.join(workdir, "config.json"), stored)
+        workdir_lib.write_config(workdir, stored)
 
     # Model, optimizer, state, sharded over one 'data' axis of every device.
     mesh = data_mesh()
@@ -304,16 +305,18 @@ def train_and_evaluate(
             f"config key 'bn_group_size': {groups} groups do not tile {jax.device_count()} devices; "
             "choose a group size that makes the group count a multiple or divisor of the device count"
         )
-    model = config_lib.model_from_config(config, num_classes)
+    model = task.model(num_classes)
     tx = optim.create_optimizer(config, steps_per_epoch)
     opt = optim.resolve_optim(config)
     state = jax.jit(
-        lambda: steps.create_train_state(model, tx, config.resolution, config.seed),
+        lambda: state_lib.create_train_state(
+            model, tx, config.resolution, config.seed, metric_names=task.train_metrics
+        ),
         out_shardings=replicated,
-        compiler_options=steps.init_compiler_options(),
+        compiler_options=step_lib.init_compiler_options(),
     )()
 
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+    checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     restored = checkpointer.restore(state)
     if restored is not None:
         state = jax.device_put(restored, replicated)
@@ -321,12 +324,11 @@ def train_and_evaluate(
         state = jax.device_put(_load_init_from(config.init_from, state), replicated)
     start_step = int(state.step)
     if is_main:
-        metrics.truncate_metrics(workdir, start_step)
+        workdir_lib.truncate_metrics(workdir, start_step)
 
     summary_values = {
-        "madds": counts.madds,
-        "params": counts.params,
-        "params_bn": counts.params_bn,
+        **counts,
+        "task": task.name,
         "width": config.width,
         "resolution": config.resolution,
         "expansion": config.expansion,
@@ -338,34 +340,28 @@ def train_and_evaluate(
         "total_steps": n_steps,
     }
     wandb_config = {**json.loads(resolved.to_json()), **{k: summary_values[k] for k in ("madds", "params")}}
-    writer = metrics.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
-    progress = metrics.Progress(n_steps, enabled=is_main and config.progress)
+    writer = writer_lib.MetricWriter(workdir, wandb_config, config.wandb, enabled=is_main)
+    progress = writer_lib.Progress(n_steps, enabled=is_main and config.progress)
 
-    # Jitted, with the executable kept beside the compilation cache: a rerun neither traces nor compiles.
-    log = print if is_main and config.progress else None
-    train_step = step_cache.cached_jit(
-        steps.make_train_step(
-            model, tx, label_smoothing=opt["label_smoothing"], ema_decay=opt["ema_decay"], bn_groups=groups
-        ),
-        name="train_step",
-        key=step_cache_key(
-            config,
-            num_classes=num_classes,
-            steps_per_epoch=steps_per_epoch,
-            **optim.compiled_schedule_key(config, steps_per_epoch),
-        ),
+    train_step = jax.jit(
+        step_lib.make_train_step(model, tx, loss_fn=task.loss, ema_decay=opt["ema_decay"], bn_groups=groups),
         in_shardings=(replicated, batch_sharding),
-        out_sharding=replicated,
+        out_shardings=replicated,
         donate_argnums=(0,),
-        log=log,
-        batch_size=config.batch_size,
-        quiet=True,  # the loop announces its compile (`progress.compiling`)
     )
-    reset = jax.jit(steps.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
-    eval_step = _cached_eval_step(model, config, num_classes, replicated, batch_sharding, log)
+    reset = jax.jit(state_lib.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
+    eval_step = make_eval_step(task, model, replicated, batch_sharding)
 
+    # SIGTERM (preemption): checkpoint at the next step and exit 143. Under jax.distributed, JAX's
+    # preemption notice service has its own SIGTERM handler and tells every process, which then
+    # agree on the step to stop at (`reached_preemption`); a Python handler here would replace
+    # that one and leave the other hosts training. Alone, a Python handler sets a flag.
     sigterm = {"received": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
+    distributed = distributed_initialized()
+    previous_handler = None
+    if not distributed:
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
+    evals: dict[int, dict] = {}  # this invocation's eval values by step
 
     def run_eval(step: int) -> dict:
         t0 = time.time()
@@ -374,12 +370,13 @@ def train_and_evaluate(
             if ema and not opt["ema_decay"]:
                 continue
             result = evaluate(
-                eval_step, steps.eval_variables(state, ema), config, batch_sharding, show=progress.enabled
+                task, eval_step, state_lib.eval_variables(state, ema), batch_sharding, show=progress.enabled
             )
             values.update({f"{prefix}/{k}": v for k, v in result.items() if k != "examples"})
         values["eval/time_sec"] = time.time() - t0
         shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "time" not in k)
         progress.say(f"eval at step {step}: {shown}")
+        evals[step] = values
         return values
 
     pending: list[tuple[int, Any]] = []  # (step, finite flag) not yet checked
@@ -397,22 +394,21 @@ def train_and_evaluate(
                 )
         pending.clear()
 
-    train_iter = data.train_iterator(config, start_step)
+    train_iter = task.train_iterator(start_step)
     if start_step and is_main:
-        print(f"resuming {workdir} at step {start_step}/{n_steps}", flush=True)
+        console.say(f"resuming {workdir} at step {start_step}/{n_steps}")
     last_log_time, last_log_step = time.time(), start_step
     step = start_step
     profiling = False
     try:
         while step < n_steps:
             if profile and step == start_step + 2 and not profiling:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                jax.profiler.start_trace(str(workdir_lib.path(workdir, "profile")))
                 profiling = True
             batch = _global_batch(next(train_iter), batch_sharding)
-            if not progress.clock.started:  # compile first, so that no rate or ETA includes it
-                with progress.compiling("the train step") as shown:
-                    shown["note"] = _COMPILE_SOURCES.get(train_step.compile(state, batch))
-                last_log_time = time.time()
+            if step == start_step:  # compile once, on the first batch's shapes
+                train_step = compile_train_step(train_step, state, batch, progress)
+                last_log_time = time.time()  # rates and the ETA leave the compile out
                 progress.start(step)
             state, step_metrics = train_step(state, batch)
             step += 1
@@ -423,18 +419,20 @@ def train_and_evaluate(
                 jax.profiler.stop_trace()
                 profiling = False
                 if is_main:
-                    print(f"profile written to {os.path.join(workdir, 'profile')}", flush=True)
+                    print(f"profile written to {workdir_lib.path(workdir, 'profile')}", flush=True)
 
             last = step == n_steps
             if step % config.log_every_steps == 0 or last:
                 check_finite()
                 sums = jax.device_get(state.metric_sums)
                 state = reset(state)
+                train_values = {
+                    f"train/{k}": float(v / sums["steps"]) for k, v in sums.items() if k != "steps"
+                }
                 now = time.time()
                 steps_per_sec = (step - last_log_step) / max(now - last_log_time, 1e-9)
                 record = {
-                    "train/loss": float(sums[0] / sums[2]),
-                    "train/top1": float(sums[1] / sums[2]),
+                    **train_values,
                     "lr": float(jax.device_get(step_metrics["lr"])),
                     "train/images_per_sec": steps_per_sec * config.batch_size,
                     "train/step_time_sec": 1.0 / steps_per_sec,
@@ -450,64 +448,43 @@ def train_and_evaluate(
                 writer.write(step, run_eval(step))
                 last_log_time = time.time()
 
-            preempted = (
-                sigterm["received"] if jax.process_count() == 1 else checkpointer.reached_preemption(step)
-            )
+            preempted = checkpointer.reached_preemption(step) if distributed else sigterm["received"]
             if step % config.checkpoint_every_steps == 0 or last or preempted:
                 check_finite()
                 checkpointer.save(step, state, force=True)
             if preempted:
                 checkpointer.wait()
-                if is_main:
-                    console.say(f"SIGTERM: checkpoint at step {step} written; rerun the command to resume")
+                who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+                print(
+                    f"{who}SIGTERM: checkpoint at step {step} written; rerun the command to resume",
+                    flush=True,
+                )
                 raise Preempted(143)
         checkpointer.wait()
         if start_step >= n_steps and is_main:
-            print(f"{workdir}: already complete at step {start_step}", flush=True)
-        final = _final_eval(workdir, run_eval, step)
+            console.say(f"{workdir}: already complete at step {start_step}")
+        final = _final_eval(workdir, run_eval, step, evals)
         summary = {**summary_values, **final, "step": step, COMPLETE_KEY: True}
         writer.summary(summary)
         return summary
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         progress.close()
         checkpointer.wait()
         checkpointer.close()
         writer.close()
 
 
-def _final_eval(workdir: str, run_eval, step: int) -> dict:
-    """The last logged eval values (the loop evaluates at the last step)."""
-    for record in reversed(metrics.read_metrics(workdir)):
-        if record.get("step") == step and "eval/top1" in record:
+def _final_eval(workdir: str, run_eval, step: int, evals: dict[int, dict]) -> dict:
+    """The eval values at the last step: from this invocation (the loop evaluates at the last
+    step), else from the metrics file of the invocation that finished the run. Every process
+    decides alike: only process 0 writes the file, so the others must not race it for the
+    values it is writing now (a process that evaluated alone would wait for the others forever).
+    """
+    if step in evals:
+        return evals[step]
+    for record in reversed(workdir_lib.read_metrics(workdir)):
+        if record.get("step") == step and any(k.startswith("eval/") and "time" not in k for k in record):
             return {k: v for k, v in record.items() if k.startswith("eval")}
     return run_eval(step)
-
-
-def evaluate_workdir(workdir: str, step: int | None = None) -> dict:
-    """`mnv2 eval`: a run's checkpoint (raw and EMA) on its eval split."""
-    enable_compilation_cache()
-    config = checkpointing.read_config(workdir)
-    model = config_lib.model_from_config(config, config.num_classes)
-    tx = optim.create_optimizer(config, steps_per_epoch=1)
-    mesh = data_mesh()
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    eval_step = _cached_eval_step(model, config, config.num_classes, replicated, batch_sharding)
-    if os.path.exists(os.path.join(workdir, "variables.msgpack")):  # `mnv2 import-keras` output
-        from mnv2_jax.tools.interop.keras import load_imported
-
-        variables = jax.device_put(load_imported(workdir), replicated)
-        result = evaluate(eval_step, variables, config, batch_sharding)
-        return {"workdir": workdir, "dataset": config.dataset, **{f"eval/{k}": v for k, v in result.items()}}
-    abstract = jax.eval_shape(lambda: steps.create_train_state(model, tx, config.resolution, 0))
-    checkpointer = checkpointing.Checkpointer(workdir)
-    state = checkpointer.restore(abstract, step)
-    checkpointer.close()
-    if state is None:
-        raise ValueError(f"{workdir}: no checkpoint to evaluate")
-    state = jax.device_put(state, replicated)
-    out: dict[str, Any] = {"workdir": workdir, "step": int(state.step), "dataset": config.dataset}
-    for prefix, ema in (("eval", False), ("eval_ema", True)):
-        result = evaluate(eval_step, steps.eval_variables(state, ema), config, batch_sharding, show=True)
-        out.update({f"{prefix}/{k}": v for k, v in result.items()})
-    return out

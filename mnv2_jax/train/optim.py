@@ -33,8 +33,7 @@ process (`set_hyperparams`), and persistent-compilation-cache hits across
 processes. The schedule's *shape* (warm-up, decay rate, decay period in
 steps) is compiled in; it changes with the batch size, which recompiles anyway.
 A cosine decay (`lr_decay='cosine'`, for short runs on small datasets) also
-compiles in the run's length, which therefore keys the compiled train step
-(`compiled_schedule_key`).
+compiles in the run's length.
 
 The exponential moving average for evaluation (`ema_update`) is a pure
 function on any pytree (weights and batch-norm statistics together), with TF's
@@ -178,14 +177,6 @@ def _schedule_shape(
     return shape
 
 
-def compiled_schedule_key(config: Any, steps_per_epoch: float) -> dict[str, Any]:
-    """What the compiled schedule depends on besides the config keys that reach the train step:
-    the run's length for a cosine decay (it is compiled in), nothing for the staircase."""
-    if resolve_optim(config)["lr_decay"] == "cosine":
-        return {"schedule_steps": schedule_steps(config, steps_per_epoch)}
-    return {}
-
-
 def learning_rate_schedule(config: Any, steps_per_epoch: float) -> optax.Schedule:
     """The absolute learning rate as a function of the number of updates already applied.
 
@@ -250,9 +241,8 @@ def create_optimizer(config: Any, steps_per_epoch: float) -> optax.GradientTrans
         # RMSProp per parameter array, not on one raveled vector (`optax.flatten`):
         # XLA compiles one kernel per distinct fused computation, so arrays of the
         # same shape share their update kernels, whereas the slices that unravel a
-        # flat vector differ in offset and each get their own. Raveled (with the
-        # EMA raveled too), the 1.0/224 batch-32 train step had 951 kernels against
-        # 710 and compiled 1.6-4.6 s slower, at the same step time.
+        # flat vector differ in offset and each get their own (more kernels, a
+        # slower compile, the same step time).
         parts.append(
             optax.rmsprop(
                 learning_rate=lr_scale * lr_schedule,

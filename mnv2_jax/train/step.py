@@ -1,6 +1,6 @@
-"""The compiled pieces of training: train state, train step, eval step.
+"""The train step: forward, the task's loss, backward, optimizer, batch-norm update, weight average.
 
-Pure functions of (state, batch); the loop in `mnv2_jax.train.loop` jits them over
+A pure function of (state, batch), the same for every task; the loop in `mnv2_jax.train.loop` jits them over
 a device mesh. Data parallelism is SPMD: the batch is sharded along the mesh's
 'data' axis, the state is replicated, and XLA inserts the gradient all-reduce.
 Batch norm over the global batch needs nothing more (the mean over a sharded
@@ -16,58 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from mnv2_jax.train import optim
+from mnv2_jax.train.state import TrainState
 
 PyTree = Any
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: PyTree
-    batch_stats: PyTree
-    opt_state: PyTree
-    ema_params: PyTree
-    ema_batch_stats: PyTree
-    rng: jax.Array
-    # Running sums of the train metrics since the last log line (loss, top1,
-    # steps): part of the state so that a resumed run logs the same averages.
-    metric_sums: jax.Array
-
-
-def create_train_state(model, tx: optax.GradientTransformation, resolution: int, seed: int) -> TrainState:
-    """Initial state; the EMA starts equal to the initial weights (as TF's)."""
-    rng = jax.random.PRNGKey(seed)
-    init_rng, dropout_rng = jax.random.split(rng)
-    x = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-    variables = model.init(init_rng, x, train=False)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        ema_params=params,
-        ema_batch_stats=batch_stats,
-        rng=dropout_rng,
-        metric_sums=jnp.zeros((3,), jnp.float32),
-    )
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross entropy with label smoothing, in float32."""
-    num_classes = logits.shape[-1]
-    targets = (
-        optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-        if label_smoothing
-        else (jax.nn.one_hot(labels, num_classes))
-    )
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
 def init_compiler_options(backend: str | None = None) -> dict[str, Any]:
@@ -77,9 +33,8 @@ def init_compiler_options(backend: str | None = None) -> dict[str, Any]:
     Compiling the initial state is mostly LLVM optimising the random-number
     kernels (threefry and the inverse error function, one per parameter shape),
     for a program that runs once. At level 1 the same values come out bit for
-    bit (`tests/test_steps.py` checks it) and the compile took 4.8-6.2 s instead
-    of 8.9-10.4 s on the 2-core test machine (widths 0.35-1.4, float32 and
-    bfloat16, same process). Level 0 changes the values.
+    bit (`tests/test_steps.py` checks it) and the compile takes about half as
+    long; level 0 changes the values.
     """
     if (backend or jax.default_backend()) != "cpu":
         return {}
@@ -91,10 +46,8 @@ def global_norm(tree: PyTree) -> jax.Array:
     reduction over their concatenation.
 
     Per leaf, XLA compiles a square and a reduction for every distinct leaf
-    shape; over the raveled leaves the 1.0/224 train step has 369 fewer fusions
-    and compiled in 8.5-8.9 s instead of 9.0-14.2 s (four alternating
-    processes each, 2-core test machine), at the same step time (median ratio
-    of 20 alternating steps 0.98, quartiles 0.95-1.04).
+    shape; over the raveled leaves the train step has fewer kernels and
+    compiles faster, at the same step time.
     """
     leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
     return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
@@ -104,44 +57,46 @@ def make_train_step(
     model,
     tx: optax.GradientTransformation,
     *,
-    label_smoothing: float,
+    loss_fn: Callable[[jax.Array, dict], tuple[jax.Array, dict[str, jax.Array]]],
     ema_decay: float,
     bn_groups: int = 1,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`train_step(state, batch) -> (state, metrics)`.
 
-    A non-finite loss or gradient leaves the state unchanged and reports
-    `finite=False`, so the loop can stop with the last good state intact.
+    `loss_fn(outputs, batch) -> (loss, metrics)` is the task's loss (`Task.loss`): the model's
+    outputs for the batch in, the mean loss and a dict of per-batch metric means out.
+    A non-finite loss or gradient leaves the state unchanged and reports `finite=False`, so the
+    loop can stop with the last good state intact.
     """
 
     def forward(params, batch_stats, images, rng):
-        logits, updates = model.apply(
+        outputs, updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        return logits, updates["batch_stats"]
+        return outputs, updates["batch_stats"]
 
-    def loss_fn(params, state: TrainState, batch: dict):
+    def objective(params, state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
         images = batch["image"]
         if bn_groups == 1:
-            logits, batch_stats = forward(params, state.batch_stats, images, rng)
+            outputs, batch_stats = forward(params, state.batch_stats, images, rng)
         else:
             grouped = images.reshape(bn_groups, -1, *images.shape[1:])
             rngs = jax.random.split(rng, bn_groups)
-            logits, batch_stats = jax.vmap(forward, in_axes=(None, None, 0, 0))(
+            outputs, batch_stats = jax.vmap(forward, in_axes=(None, None, 0, 0))(
                 params, state.batch_stats, grouped, rngs
             )
-            logits = logits.reshape(-1, logits.shape[-1])
+            outputs = jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), outputs)
             batch_stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), batch_stats)
-        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, batch_stats)
+        loss, metrics = loss_fn(outputs, batch)
+        return loss, (metrics, batch_stats)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, state, batch
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -154,9 +109,9 @@ def make_train_step(
             )
         else:
             ema_params, ema_batch_stats = params, batch_stats
-        top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        batch_values = {"loss": loss, **metrics, "steps": 1.0}
         new_state = state.replace(
-            metric_sums=state.metric_sums + jnp.stack([loss, top1, 1.0]),
+            metric_sums={k: state.metric_sums[k] + batch_values[k] for k in state.metric_sums},
             step=state.step + 1,
             params=params,
             batch_stats=batch_stats,
@@ -170,95 +125,14 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # Keep the last good state: a NaN step changes nothing but the report.
         new_state = jax.lax.cond(finite, lambda: new_state, lambda: state)
-        metrics = {
+        return new_state, {
             "loss": loss,
-            "top1": top1,
+            **metrics,
             "grad_norm": grad_norm,
             # The new optimizer state holds the hyperparameters this update used (the old one: the
             # previous update's), so that the logged lr at step k is the one that produced step k.
             "lr": optim.current_learning_rate(opt_state),
             "finite": finite,
         }
-        return new_state, metrics
 
     return train_step
-
-
-def reset_metric_sums(state: TrainState) -> TrainState:
-    return state.replace(metric_sums=jnp.zeros_like(state.metric_sums))
-
-
-# On one CPU device, inference runs a big batch in chunks, one after another in
-# an XLA loop (`jax.lax.map`), each chunk through the whole network: the loop
-# body's buffers are reused from chunk to chunk and stay in cache, where the
-# whole batch at once streams every activation through memory. Inference only:
-# batch norm uses its running statistics, so every image is independent. A chunk
-# holds at least INFER_CHUNK_SIZE activation units (images x pixels x width
-# multiplier; 8 images at 1.0/224). Whole-model inference on the 2-core test
-# machine under jemalloc, same process, alternating, median ms per batch, whole
-# batch -> chunked: 1.0/224 b32 220 -> 198 (chunks of 8; of 4: 225 -> 200),
-# b128 950 -> 753; 1.0/160 b32 107.5 -> 102.9 (16); 0.5/128 b128 164 -> 141
-# (64). Smaller chunks lost: 1.0/96 b32 in chunks of 8 41.5 -> 45.1, 0.35/96 b32
-# 12.5 -> 15.2; so below the threshold the batch runs whole.
-INFER_CHUNK_SIZE = 8 * 224 * 224
-
-
-def infer_chunk(
-    batch_size: int,
-    image_shape: tuple[int, int] = (224, 224),
-    width: float = 1.0,
-    backend: str | None = None,
-    device_count: int | None = None,
-) -> int:
-    """Images per chunk for `predict`: on a single CPU device the smallest divisor
-    of the batch whose chunk reaches INFER_CHUNK_SIZE; elsewhere (GPU, TPU,
-    several devices) the whole batch, since there a big batch keeps the chip busy."""
-    backend = backend or jax.default_backend()
-    device_count = jax.device_count() if device_count is None else device_count
-    if backend != "cpu" or device_count != 1:
-        return batch_size
-    per_image = image_shape[0] * image_shape[1] * width
-    reaching = [
-        d for d in range(1, batch_size + 1) if batch_size % d == 0 and d * per_image >= INFER_CHUNK_SIZE
-    ]
-    return min(reaching, default=batch_size)
-
-
-def predict(model, variables: dict, images: jax.Array, chunk: int | None = None) -> jax.Array:
-    """Inference logits (`model.apply(variables, images, train=False)`), computed in
-    chunks of `chunk` images (None: `infer_chunk`), which must divide the batch."""
-    batch = images.shape[0]
-    if chunk is None:
-        arch = getattr(model, "arch", None)
-        chunk = infer_chunk(batch, images.shape[1:3], arch.width if arch is not None else 1.0)
-    if chunk >= batch:
-        return model.apply(variables, images, train=False)
-    if chunk < 1 or batch % chunk:
-        raise ValueError(f"chunk: must be a positive divisor of the batch size {batch}, got {chunk}")
-    chunks = images.reshape(batch // chunk, chunk, *images.shape[1:])
-    logits = jax.lax.map(lambda x: model.apply(variables, x, train=False), chunks)
-    return logits.reshape(batch, *logits.shape[2:])
-
-
-def make_eval_step(model) -> Callable[[dict, dict], dict]:
-    """`eval_step(variables, batch) -> sums` over the real (mask == 1) examples."""
-
-    def eval_step(variables: dict, batch: dict) -> dict:
-        logits = predict(model, variables, batch["image"])
-        mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
-        labels = batch["label"]
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        return {
-            "loss": jnp.sum(cross_entropy(logits, labels) * mask),
-            "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-            "count": jnp.sum(mask),
-        }
-
-    return eval_step
-
-
-def eval_variables(state: TrainState, ema: bool) -> dict:
-    if ema:
-        return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-    return {"params": state.params, "batch_stats": state.batch_stats}

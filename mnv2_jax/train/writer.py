@@ -8,89 +8,28 @@ to the files alone.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import urllib.request
 import uuid
 from typing import Any
 
 from mnv2_jax import progress
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-WANDB_ID_FILE = "wandb_run_id"
+from mnv2_jax import workdir as workdir_lib
+from mnv2_jax.wandb_mode import decide
 
 
-def _clean(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+def local_wandb_dir(workdir: str) -> str:
+    """Where wandb writes its files: the workdir when it is local, else WANDB_DIR or a local cache
+    (wandb cannot write to gs://)."""
+    if workdir_lib.is_local(workdir):
+        return workdir
+    return os.environ.get("WANDB_DIR") or os.path.expanduser("~/.cache/mnv2_jax/wandb")
 
 
-def truncate_metrics(workdir: str, last_step: int) -> None:
-    """Drop a partial last line and every line past `last_step` (a resumed run rewrites them)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if record.get("step", 0) <= last_step:
-                kept.append(line)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith("\n"):
-                out.append(json.loads(line))
-    return out
-
-
-def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_clean)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _wandb_mode(requested: str, timeout: float = 10.0) -> str:
-    """online only with an API key and a server that answers; else offline."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if requested != "auto":
-        return requested
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    if not has_key:
-        netrc = os.path.expanduser("~/.netrc")
-        has_key = os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
-    if not has_key:
-        return "offline"
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    try:
-        urllib.request.urlopen(base, timeout=timeout)
-        return "online"
-    except Exception:  # noqa: BLE001 - any failure to reach the server means offline
-        return "offline"
+def _run_name(workdir: str) -> str:
+    if workdir_lib.is_local(workdir):
+        return os.path.basename(os.path.abspath(workdir))
+    return workdir_lib.path(workdir).name
 
 
 class MetricWriter:
@@ -102,43 +41,45 @@ class MetricWriter:
         self.run = None
         if not enabled:
             return
-        self.file = open(os.path.join(workdir, METRICS_FILE), "a")
+        self.log = workdir_lib.MetricsLog(workdir)
         self._init_wandb(config, wandb_config)
 
     def _init_wandb(self, config: dict, wandb_config: Any) -> None:
-        mode = _wandb_mode(wandb_config.mode)
+        mode, why = decide(wandb_config.mode)
         if mode == "disabled":
             return
         try:
             import wandb
 
-            id_path = os.path.join(self.workdir, WANDB_ID_FILE)
-            run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
-            with open(id_path, "w") as f:
-                f.write(run_id)
+            run_id = workdir_lib.wandb_run_id(self.workdir, uuid.uuid4().hex[:12])
             self.run = wandb.init(
                 project=wandb_config.project,
                 entity=wandb_config.entity,
                 group=wandb_config.group,
-                name=wandb_config.name or os.path.basename(os.path.abspath(self.workdir)),
+                name=wandb_config.name or _run_name(self.workdir),
                 tags=list(wandb_config.tags or ()),
                 config=config,
                 id=run_id,
                 resume="allow",
-                dir=self.workdir,
+                dir=local_wandb_dir(self.workdir),
                 mode=mode,
                 settings=wandb.Settings(init_timeout=30, silent=True),
             )
         except Exception as e:  # noqa: BLE001 - logging must never stop training
             print(f"wandb unavailable ({type(e).__name__}: {e}); logging to files only", file=sys.stderr)
             self.run = None
+            return
+        if mode == "offline":
+            where = self.run.settings.sync_dir
+            print(
+                f"wandb offline: {why}; run files in {where}; upload later with: wandb sync {where}",
+                flush=True,
+            )
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        record = self.log.write(step, values)
         if self.run is not None:
             try:
                 self.run.log({k: v for k, v in record.items() if k != "step"}, step=step)
@@ -149,17 +90,17 @@ class MetricWriter:
     def summary(self, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        write_json(os.path.join(self.workdir, SUMMARY_FILE), values)
+        workdir_lib.write_summary(self.workdir, values)
         if self.run is not None:
             try:
-                self.run.summary.update({k: _clean(v) for k, v in values.items()})
+                self.run.summary.update({k: workdir_lib.clean(v) for k, v in values.items()})
             except Exception:  # noqa: BLE001
                 pass
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self.file.close()
+        self.log.close()
         if self.run is not None:
             try:
                 self.run.finish()

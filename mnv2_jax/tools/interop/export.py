@@ -1,22 +1,23 @@
 """Export to a TF SavedModel and a TFLite flatbuffer (float32 or full-integer int8).
 
-Route (jax 0.10 / TF 2.21): batch norm is folded into the convs, the folded
-network is a plain JAX function of the input with the weights as constants,
-`jax2tf.convert` wraps its StableHLO in one `XlaCallModule` op (native
-serialization; jax2tf's older TF-graph mode has been removed from JAX), and
-`tf.saved_model.save` writes it. `tf.lite.TFLiteConverter` legalizes that
-StableHLO into TFLite builtins -- CONV_2D and DEPTHWISE_CONV_2D with the bias
-and ReLU6 fused, the TF 'SAME' padding recognised -- so the flatbuffer is
-the graph a hand-written TFLite MobileNetV2 would have. int8 is TFLite's
-full-integer post-training quantization: every op int8 (the converter fails
-rather than leave a float op), int8 input and output, activation ranges from
-a representative (calibration) set.
+Route (jax 0.10 / TF 2.21): batch norm is folded into the convs
+(`mnv2_jax.models.folded`), the folded network is a plain JAX function of
+the input with the weights as constants, `jax2tf.convert` wraps its
+StableHLO in one `XlaCallModule` op (native serialization; jax2tf's older
+TF-graph mode has been removed from JAX), and `tf.saved_model.save` writes
+it. `tf.lite.TFLiteConverter` legalizes that StableHLO into TFLite builtins
+-- CONV_2D and DEPTHWISE_CONV_2D with the bias and ReLU6 fused, the TF
+'SAME' padding recognised -- so the flatbuffer is the graph a hand-written
+TFLite MobileNetV2 would have. int8 is TFLite's full-integer post-training
+quantization: every op int8 (the converter fails rather than leave a float
+op), int8 input and output, activation ranges from a representative
+(calibration) set.
 
 Why fold and not export `module.apply`: inference needs no batch norm, and
 folded convs are what TFLite fuses and what int8 quantizes per channel;
 unfolded, the converter would see separate multiply/add ops. The folded
-function uses XLA's convolution (`mnv2_jax.nn.layers.conv_lax`), not the
-shifted-slice depthwise kernel our CPU training uses, because the
+function runs with XLA's convolutions (its default `lax` implementations),
+not the shifted-slice depthwise kernel CPU training uses, because the
 converter maps a convolution op to DEPTHWISE_CONV_2D but would keep nine
 strided slices, multiplies and adds as separate ops.
 
@@ -28,7 +29,6 @@ export that disagrees by more than 1e-3 relative fails).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import warnings
@@ -37,83 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from mnv2_jax.nn import layers
-from mnv2_jax.spec import Architecture
+from mnv2_jax.models.folded import fold_batch_norm
 
 FORMATS = ("tflite", "savedmodel")
 QUANTIZATIONS = (None, "int8")
 FLOAT_TOLERANCE = 1e-3  # relative to the output's scale; float32 exports agree to ~1e-6
-
-
-# --- Batch-norm folding ------------------------------------------------------------------------
-
-
-def _fold(conv: dict, bn: dict, stats: dict, epsilon: float) -> dict:
-    """conv -> BN(x) = scale * (x - mean) / sqrt(var + eps) + bias  ==  conv' + b'."""
-    scale = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(stats["var"], np.float64) + epsilon)
-    kernel = np.asarray(conv["kernel"], np.float64) * scale  # output channels are the last axis
-    bias = np.asarray(bn["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * scale
-    return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
-
-
-def folded_apply(arch: Architecture, params: dict, x: Any) -> Any:
-    """The network with batch norm folded: convs with bias, read from `arch` like the module.
-
-    Returns logits, or the pooled features when `arch.num_classes == 0`.
-    Mirrors `mnv2_jax.models.mobilenet_v2.InvertedResidual` (expansion and bottleneck
-    shortcuts, ReLU6 bottleneck ablation, dilation), so any architecture the
-    module builds exports.
-    """
-    import jax.numpy as jnp
-
-    def unit(p: dict, x, stride: int = 1, dilation: int = 1, depthwise: bool = False, relu6: bool = True):
-        groups = x.shape[-1] if depthwise else 1
-        y = layers.conv_lax(x, p["kernel"], stride, dilation, groups) + p["bias"]
-        return jnp.clip(y, 0, 6) if relu6 else y
-
-    x = unit(params["stem"], x, arch.stem.stride)
-    for b in arch.blocks:
-        p = params[b.name]
-        inputs = x
-        if b.has_expansion:
-            x = unit(p["expand"], x)
-        expanded = x
-        x = unit(p["depthwise"], x, b.stride, b.dilation, depthwise=True)
-        if b.shortcut == "expansion":
-            x = x + expanded
-        x = unit(p["project"], x, relu6=b.bottleneck_activation == "relu6")
-        if b.shortcut == "bottleneck":
-            x = x + inputs
-    x = unit(params["head"], x)
-    x = jnp.mean(x, axis=(1, 2))
-    if arch.num_classes:
-        x = x @ params["classifier"]["kernel"] + params["classifier"]["bias"]
-    return x
-
-
-def fold_batch_norm(module: Any, variables: dict) -> tuple[Callable[[dict, Any], Any], dict]:
-    """`(apply_fn, folded_params)` with `apply_fn(folded_params, x)` == the module in eval mode.
-
-    Uses the module's `bn_epsilon` and the running statistics; folds in
-    float64 and stores float32. Dropout is the identity at inference.
-    """
-    params, stats, eps = variables["params"], variables["batch_stats"], module.bn_epsilon
-    arch: Architecture = module.arch
-    folded: dict[str, Any] = {}
-    for name in ("stem", "head"):
-        folded[name] = _fold(params[name]["conv"], params[name]["bn"], stats[name]["bn"], eps)
-    for b in arch.blocks:
-        units = ("expand", "depthwise", "project") if b.has_expansion else ("depthwise", "project")
-        folded[b.name] = {
-            u: _fold(params[b.name][u]["conv"], params[b.name][u]["bn"], stats[b.name][u]["bn"], eps)
-            for u in units
-        }
-    if arch.num_classes:
-        folded["classifier"] = {
-            "kernel": np.asarray(params["classifier"]["kernel"], np.float32),
-            "bias": np.asarray(params["classifier"]["bias"], np.float32),
-        }
-    return functools.partial(folded_apply, arch), folded
 
 
 # --- Conversion --------------------------------------------------------------------------------
@@ -121,7 +49,9 @@ def fold_batch_norm(module: Any, variables: dict) -> tuple[Callable[[dict, Any],
 
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from mnv2_jax import quiet
+
+    tf = quiet.import_tensorflow()  # without its C++ start-up banners
 
     # TensorFlow must not take a GPU from JAX (DESIGN.md section 4); tensorflow-cpu sees none anyway.
     tf.config.set_visible_devices([], "GPU")

@@ -309,51 +309,33 @@ def save_imported(out_dir: str, config: Any, variables: dict, provenance: dict |
     config's `provenance` entry (ignored by config readers) says where the
     weights came from.
     """
-    import jax
-    from flax import serialization
-
+    from mnv2_jax import workdir as workdir_lib
     from mnv2_jax.config import validate_config
+    from mnv2_jax.train import checkpoint
 
     validate_config(config)
     os.makedirs(out_dir, exist_ok=True)
     stored = json.loads(config.to_json())
     stored["provenance"] = dict(provenance or {}, source="mnv2_jax.tools.interop.keras")
-    state = {
-        "params": jax.tree.map(np.asarray, variables["params"]),
-        "batch_stats": jax.tree.map(np.asarray, variables["batch_stats"]),
-    }
-    # Write to temporary names and rename: a killed import never leaves a half-written file.
-    for name, payload in (
-        ("variables.msgpack", serialization.to_bytes(state)),
-        ("config.json", (json.dumps(stored, indent=2) + "\n").encode()),
-    ):
-        path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "wb") as f:
-            f.write(payload)
-        os.replace(path + ".tmp", path)
+    checkpoint.save_variables(out_dir, variables)
+    workdir_lib.write_config(out_dir, stored)
     return out_dir
 
 
 def load_imported(out_dir: str) -> dict:
     """`{'params': ..., 'batch_stats': ...}` (numpy arrays) from a `save_imported` directory."""
-    from flax import serialization
+    from mnv2_jax.train import checkpoint
 
-    path = os.path.join(out_dir, "variables.msgpack")
-    if not os.path.exists(path):
-        raise ValueError(f"{out_dir}: not an imported-weights directory (no variables.msgpack)")
-    with open(path, "rb") as f:
-        restored = serialization.msgpack_restore(f.read())
-    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    if not checkpoint.has_variables_file(out_dir):
+        raise ValueError(f"{out_dir}: not an imported-weights directory (no {checkpoint.VARIABLES})")
+    return checkpoint.load_variables(out_dir)
 
 
 def load_imported_run(out_dir: str) -> tuple[Any, dict, Any]:
     """`(module, variables, config)` of a `save_imported` directory, like `mnv2_jax.load_run`."""
-    from mnv2_jax import config as config_lib
-    from mnv2_jax.train.checkpoint import read_config
+    from mnv2_jax.runs import load_run
 
-    config = read_config(out_dir)
-    module = config_lib.model_from_config(config, config.num_classes)
-    return module, load_imported(out_dir), config
+    return load_run(out_dir)
 
 
 def import_keras_weights(width: float, resolution: int, out_dir: str, weights_path: str | None = None) -> str:

@@ -1,0 +1,98 @@
+"""`mnv2 info`: analytic multiply-adds and parameters, per layer (no JAX)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _expansion(text: str) -> float | tuple[float, ...]:
+    values = [float(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _add_arch_args(p: argparse.ArgumentParser, resolution_default: int | None = 224) -> None:
+    p.add_argument("--width", type=float, default=None, help="width multiplier (default 1.0)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help=f"input resolution (default {resolution_default})"
+    )
+    p.add_argument(
+        "--expansion", type=_expansion, default=None, help="ratio t, or 7 comma-separated (one per row)"
+    )
+    p.add_argument("--bottleneck-activation", default=None, choices=("linear", "relu6"))
+    p.add_argument("--residual", default=None, choices=("bottleneck", "expansion", "none"))
+    p.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32))
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000; 0 = none)")
+    p.add_argument("--config", default=None, help="read the settings from a config file (configs/X.py[:ARG])")
+
+
+def _arch_settings(args: argparse.Namespace) -> dict:
+    """Architecture settings: a config file's values, then explicit flags on top."""
+    settings = dict(
+        width=1.0,
+        resolution=224,
+        expansion=6.0,
+        bottleneck_activation="linear",
+        residual="bottleneck",
+        output_stride=None,
+        num_classes=1000,
+        max_repeats=None,
+    )
+    if args.config:
+        from mnv2_jax.config import load_config
+
+        config = load_config(args.config)
+        for key in settings:
+            if key in config and config[key] is not None:
+                settings[key] = config[key]
+        if isinstance(settings["expansion"], list):
+            settings["expansion"] = tuple(settings["expansion"])
+    for key in (
+        "width",
+        "resolution",
+        "expansion",
+        "bottleneck_activation",
+        "residual",
+        "output_stride",
+        "num_classes",
+    ):
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from mnv2_jax import accounting, spec
+
+    s = _arch_settings(args)
+    resolution = s.pop("resolution")
+    arch = spec.build_architecture(**s)
+    # The classification head (pool, dropout, classifier) is part of the counted network;
+    # a task with another head adds its layers to the count.
+    summary = {"task": args.task, **accounting.summary(arch, resolution)}
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(
+        f"MobileNetV2 width {arch.width:g}, resolution {resolution}, expansion {summary['expansion']}, "
+        f"{arch.bottleneck_activation} bottleneck, residual '{arch.residual}'"
+        + (f", output stride {arch.output_stride}" if arch.output_stride else "")
+    )
+    print(accounting.format_table(arch, resolution))
+    print(
+        f"\nmadds {summary['madds']:,} ({summary['madds'] / 1e6:.1f}M)   params {summary['params']:,} "
+        f"({summary['params'] / 1e6:.2f}M)   batch-norm params {summary['params_bn']:,}"
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from mnv2_jax.tasks import TASKS
+
+    p = sub.add_parser("info", help="analytic multiply-adds and parameters, per layer")
+    _add_arch_args(p)
+    p.add_argument("--task", default="classification", choices=tuple(TASKS), help="the head counted on top")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)"
+    )
+    p.set_defaults(func=cmd_info)
