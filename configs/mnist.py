@@ -29,7 +29,7 @@ from mnv2_jax.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, width=0.35, resolution=48, steps=900, batch=128, seed=0)
+    args = parse_arg(arg, width=0.35, resolution=48, steps=1500, batch=128, seed=0)
     c = base_config()
     c.width = args.width
     c.resolution = args.resolution
@@ -52,8 +52,7 @@ def get_config(arg: str | None = None):
     c.optim.lr = 0.1
     c.optim.lr_reference_batch = 128
     c.optim.warmup_epochs = 1.0
-    c.optim.lr_decay_rate = 0.9
-    c.optim.lr_decay_epochs = 2.5
+    c.optim.lr_decay = "cosine"  # to 0 at the last step (a short run: no staircase)
     c.optim.ema_decay = 0.999
     c.log_every_steps = 50
     c.eval_every_steps = 300
