@@ -22,8 +22,27 @@ def _add_arch_args(p: argparse.ArgumentParser, resolution_default: int | None = 
     p.add_argument("--bottleneck-activation", default=None, choices=("linear", "relu6"))
     p.add_argument("--residual", default=None, choices=("bottleneck", "expansion", "none"))
     p.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32))
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000; 0 = none)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier size (default 1000; 0 = none); detection: foreground classes (default 80)",
+    )
     p.add_argument("--config", default=None, help="read the settings from a config file (configs/X.py[:ARG])")
+
+
+def _task_settings(args: argparse.Namespace) -> tuple[str, str | None, bool]:
+    """`(task, detection head type, whether the class count was given)`: flags, else the config file."""
+    task, head_type, given = args.task, args.head, args.num_classes is not None
+    if args.config:
+        from mnv2_jax.config import load_config
+
+        config = load_config(args.config)
+        task = task or config.get("task", None)
+        if head_type is None and "detection" in config:
+            head_type = config.detection.head
+        given = given or config.get("num_classes", None) is not None
+    return task or "classification", head_type, given
 
 
 def _arch_settings(args: argparse.Namespace) -> dict:
@@ -67,10 +86,13 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     s = _arch_settings(args)
     resolution = s.pop("resolution")
+    task, head_type, classes_given = _task_settings(args)
+    if task != "classification":
+        _task_info(args, task, s, resolution, head_type, classes_given)
+        return
     arch = spec.build_architecture(**s)
-    # The classification head (pool, dropout, classifier) is part of the counted network;
-    # a task with another head adds its layers to the count.
-    summary = {"task": args.task, **accounting.summary(arch, resolution)}
+    # The classification head (pool, dropout, classifier) is part of the counted network.
+    summary = {"task": task, **accounting.summary(arch, resolution)}
     if args.json:
         print(json.dumps(summary))
         return
@@ -86,12 +108,70 @@ def cmd_info(args: argparse.Namespace) -> None:
     )
 
 
+def _task_info(
+    args: argparse.Namespace,
+    task: str,
+    settings: dict,
+    resolution: int,
+    head_type: str | None,
+    classes_given: bool,
+) -> None:
+    """A task head on the backbone (no classifier): the whole network's counts and the head's alone."""
+    from mnv2_jax import accounting, spec
+    from mnv2_jax.tasks import head_counts
+
+    counter = head_counts(task)
+    if args.resolution is None and not args.config:
+        resolution = counter.DEFAULT_RESOLUTION
+    given = settings.pop("num_classes")
+    num_classes = given if classes_given else counter.DEFAULT_NUM_CLASSES
+    head_type = head_type or counter.HEAD_TYPES[0]
+    arch = spec.build_architecture(**settings, num_classes=0)
+    whole, head = counter.count(arch, resolution, num_classes, head_type)
+    summary = {
+        "task": task,
+        **accounting.summary(arch, resolution),
+        "num_classes": num_classes,
+        "head_type": head_type,
+        "madds": whole.madds,
+        "params": whole.params,
+        "params_bn": whole.params_bn,
+        "head": {"madds": head.madds, "params": head.params, "params_bn": head.params_bn},
+        **counter.extra_info(resolution),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(
+        f"MobileNetV2 width {arch.width:g}, resolution {resolution} with the {head_type} {task} head, "
+        f"{num_classes} classes"
+    )
+    print(accounting.format_counts(whole))
+    print(
+        f"\nmadds {whole.madds:,} ({whole.madds / 1e6:.1f}M)   params {whole.params:,} "
+        f"({whole.params / 1e6:.2f}M)   batch-norm params {whole.params_bn:,}\n"
+        f"head alone: madds {head.madds:,} ({head.madds / 1e6:.1f}M)   params {head.params:,} "
+        f"({head.params / 1e6:.2f}M)   batch-norm params {head.params_bn:,}"
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from mnv2_jax.tasks import TASKS
+    from mnv2_jax.tasks import HEAD_COUNTS, TASKS
 
     p = sub.add_parser("info", help="analytic multiply-adds and parameters, per layer")
     _add_arch_args(p)
-    p.add_argument("--task", default="classification", choices=tuple(TASKS), help="the head counted on top")
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=tuple(dict.fromkeys([*TASKS, *HEAD_COUNTS])),
+        help="the head counted on top (default classification)",
+    )
+    p.add_argument(
+        "--head",
+        default=None,
+        choices=("ssdlite", "ssd"),
+        help="detection head: SSDLite (default) or regular SSD",
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)"
     )

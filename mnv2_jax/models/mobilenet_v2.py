@@ -42,12 +42,13 @@ class Conv(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     pointwise_impl: str = "auto"
+    kernel_init: Any = _conv_init  # task heads use their own systems' initialisers
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         in_features = 1 if self.depthwise else x.shape[-1]
-        kernel = self.param("kernel", _conv_init, (k, k, in_features, self.features), jnp.float32)
+        kernel = self.param("kernel", self.kernel_init, (k, k, in_features, self.features), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.depthwise:
             return layers.depthwise_conv(x, kernel, self.stride, self.dilation, self.depthwise_impl)
@@ -72,6 +73,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     pointwise_impl: str = "auto"
+    kernel_init: Any = _conv_init
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -84,6 +86,7 @@ class ConvBN(nn.Module):
             self.dtype,
             self.depthwise_impl,
             self.pointwise_impl,
+            self.kernel_init,
             name="conv",
         )(x)
         bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon)
