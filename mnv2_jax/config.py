@@ -30,13 +30,14 @@ from mnv2_jax import spec
 CHOICES: dict[str, tuple] = {
     "bottleneck_activation": spec.BOTTLENECK_ACTIVATIONS,
     "residual": spec.RESIDUALS,
-    "task": ("classification",),
-    "recipe": ("slim", "tpu"),
+    "task": ("classification", "detection"),
+    "recipe": ("slim", "tpu", "tf_od"),
     "dtype": ("float32", "bfloat16"),
     "depthwise_impl": ("auto", "lax", "shifted"),
     "pointwise_impl": ("auto", "lax", "dot"),
     "augment.crop": ("inception", "pad_crop", "none"),
     "augment.pad_mode": ("constant", "reflect"),
+    "detection.head": ("ssdlite", "ssd"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
@@ -132,6 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
         "lr_reference_batch",
         "lr_decay_rate",
         "lr_decay_epochs",
+        "lr_decay_steps",
         "warmup_epochs",
         "rmsprop_decay",
         "momentum",
@@ -143,6 +145,19 @@ def base_config() -> ml_collections.ConfigDict:
         "grad_clip_norm",
     ):
         c.optim[key] = ml_collections.config_dict.placeholder(float)
+
+    # Detection (task='detection'; mnv2_jax.tasks.detection): the SSDLite head of TF's Object
+    # Detection API, its targets, loss and post-processing.
+    c.detection = ml_collections.ConfigDict()
+    c.detection.head = "ssdlite"  # or 'ssd': regular 3x3 convs (the paper's Table 5 comparison)
+    c.detection.max_boxes = 100  # ground-truth boxes per image, padded
+    c.detection.random_crop = True  # TF's ssd_random_crop
+    c.detection.neg_pos_ratio = 3.0  # hard negative mining: negatives kept per positive
+    c.detection.min_negatives = 3
+    c.detection.num_hard_examples = 3000
+    c.detection.score_threshold = 1e-8  # post-processing: per-class NMS
+    c.detection.iou_threshold = 0.6
+    c.detection.max_detections = 100
 
     # Bookkeeping.
     c.log_every_steps = 100

@@ -5,6 +5,7 @@ paper's Tables 5-6 and the Flax variables."""
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,8 @@ from flax.traverse_util import flatten_dict
 from mnv2_jax import cli, spec
 from mnv2_jax.tasks.detection import anchors, box_coder, counts, loss, postprocess, targets
 from mnv2_jax.tasks.detection.head import SSDLite
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------------------- anchors
@@ -258,3 +261,17 @@ def test_info_task_detection_json(capsys):
     cli.main(["info", "--task", "detection", "--resolution", "300", "--num-classes", "90"])
     table = capsys.readouterr().out
     assert "class_predictor_5/conv" in table and "head alone" in table
+
+
+def test_detection_sweep_lists_the_detector_counts():
+    from mnv2_jax.sweeps import sweep_file
+
+    listed = {
+        r["name"]: r
+        for r in sweep_file.list_runs(sweep_file.load_sweep(os.path.join(REPO, "sweeps", "detection.py")))
+    }
+    assert (listed["w1.0_r320_t6_s0"]["madds"], listed["w1.0_r320_t6_s0"]["params"]) == (
+        788_830_144,
+        4_286_261,
+    )
+    assert listed["w1.0_r300_t6_s0"]["madds"] == 734_610_416

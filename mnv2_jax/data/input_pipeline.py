@@ -168,9 +168,10 @@ def _builder(settings: InputConfig):
     import tensorflow_datasets as tfds
 
     name = settings.dataset
-    if name in LOCAL_DATASETS:
-        module = importlib.import_module(LOCAL_DATASETS[name])  # registers the name with TFDS
-        module.ensure_prepared(settings.data_dir)
+    base, _, variant = name.partition("/")  # `name/config` picks a builder config
+    if base in LOCAL_DATASETS:
+        module = importlib.import_module(LOCAL_DATASETS[base])  # registers the name with TFDS
+        module.ensure_prepared(settings.data_dir, *([variant] if variant else []))
     try:
         builder = tfds.builder(name, data_dir=settings.data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -298,11 +299,13 @@ def _should_cache(settings: InputConfig, builder) -> bool:
     if settings.cache is not None:
         return bool(settings.cache)
     size = int(getattr(builder.info, "dataset_size", 0) or 0)
-    return settings.dataset in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
+    return settings.dataset.partition("/")[0] in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
 
 
-def _read(builder, split, *, cache: bool):
-    """The split's examples, undecoded and in file order: deterministic, and cheap to skip."""
+def _read(builder, split, *, cache: bool, select: Callable | None = None):
+    """The split's examples, undecoded and in file order: deterministic, and cheap to skip.
+
+    `select(example) -> dict` picks the features a task reads (default: image and label)."""
     import tensorflow_datasets as tfds
 
     ds = builder.as_dataset(
@@ -311,7 +314,7 @@ def _read(builder, split, *, cache: bool):
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True),
     )
-    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    ds = ds.map(select or (lambda ex: {"image": ex["image"], "label": ex["label"]}))
     return ds.cache() if cache else ds
 
 
@@ -482,8 +485,16 @@ def _base_key(seed: int, process_index: int, stream: int):
     return tf.random.experimental.stateless_fold_in(key, stream)
 
 
-def _train_examples(settings: InputConfig, builder, start_step: int, steps: int, local_batch: int):
-    """The stream of `(epoch, position, example)` that training reads from `start_step` on, undecoded."""
+def _train_examples(
+    settings: InputConfig,
+    builder,
+    start_step: int,
+    steps: int,
+    local_batch: int,
+    select: Callable | None = None,
+):
+    """The stream of `(epoch, position, example)` that training reads from `start_step` on, undecoded
+    (`select` as in `_read`)."""
     tf = _tf()
     import tensorflow_datasets as tfds
 
@@ -491,7 +502,7 @@ def _train_examples(settings: InputConfig, builder, start_step: int, steps: int,
     split = tfds.split_for_jax_process(
         settings.train_split, process_index=process_index, process_count=process_count
     )
-    base = _read(builder, split, cache=_should_cache(settings, builder))
+    base = _read(builder, split, cache=_should_cache(settings, builder), select=select)
     # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
     # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
     # config.seed alone, so the global seed is cleared (anyone who set one loses it here).
@@ -603,7 +614,7 @@ def _padded(batches, size: int, num_batches: int | None) -> Iterator[dict[str, n
 
 
 def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    missing = size - len(batch["label"])
+    missing = size - len(batch["mask"])
     if missing == 0:
         return batch
     return {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}

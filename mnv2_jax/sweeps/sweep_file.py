@@ -66,7 +66,15 @@ CORE_KEYS = (("width", "w"), ("resolution", "r"), ("expansion", "t"), ("seed", "
 SUFFIX_ORDER = ("bottleneck_activation", "residual", "output_stride", "max_repeats", "num_classes", "dtype")
 
 # Classes of the datasets configs use, so that listing a sweep needs no TFDS lookup.
-NUM_CLASSES = {"imagenet2012": 1000, "mnist_offline": 10, "cifar10": 10, "imagenette": 10, "tf_flowers": 5}
+NUM_CLASSES = {
+    "imagenet2012": 1000,
+    "mnist_offline": 10,
+    "cifar10": 10,
+    "imagenette": 10,
+    "tf_flowers": 5,
+    "coco/2017": 80,
+    "mnist_detect_offline": 10,
+}
 
 
 class Run(NamedTuple):
@@ -341,7 +349,13 @@ def run_counts(sweep: Sweep, run: Run) -> dict[str, int]:
     from mnv2_jax import config as config_lib
 
     config = sweep.resolved(run)
-    num_classes = config.num_classes or NUM_CLASSES.get(config.dataset, 1000)
+    dataset = config.dataset if config.dataset in NUM_CLASSES else config.dataset.partition("/")[0]
+    num_classes = config.num_classes or NUM_CLASSES.get(dataset, 1000)
+    if config.get("task", "classification") != "classification":
+        from mnv2_jax.tasks import get_task
+
+        counts = get_task(config).count(num_classes)  # the task's head on the backbone
+        return {"madds": counts["madds"], "params": counts["params"]}
     counts = accounting.count(config_lib.architecture_from_config(config, num_classes), config.resolution)
     return {"madds": counts.madds, "params": counts.params}
 

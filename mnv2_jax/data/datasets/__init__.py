@@ -14,4 +14,7 @@ Import the module itself to register its name with TFDS, e.g.::
 from __future__ import annotations
 
 # Dataset names provided here, mapped to the module that registers each one.
-LOCAL_DATASETS: dict[str, str] = {"mnist_offline": "mnv2_jax.data.datasets.mnist_offline"}
+LOCAL_DATASETS: dict[str, str] = {
+    "mnist_offline": "mnv2_jax.data.datasets.mnist_offline",
+    "mnist_detect_offline": "mnv2_jax.data.datasets.mnist_detect_offline",
+}
