@@ -149,7 +149,8 @@ def _resize(image, resolution: int):
 
 
 def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Endless per-process train batches from global step `start_step` on (see the module docstring)."""
+    """Endless per-process train batches from global step `start_step` on (see the module docstring;
+    shards as in `input_pipeline.train_iterator`)."""
     tf = ip._tf()
     import tensorflow_datasets as tfds
 
@@ -158,63 +159,74 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     max_boxes = int(_detection(config, "max_boxes", 100))
     random_crop = bool(_detection(config, "random_crop", True))
     steps = max(1, ip._num_train_examples(settings, builder) // settings.batch_size)
-    process_index, process_count = ip._process()
-    local_batch = ip._local_batch(settings.batch_size, process_count, "batch_size")
+    mine, shards = ip._shards(settings)
+    shard_batch = ip._local_batch(settings.batch_size, shards, "batch_size")
     decode = ip.image_decoder(builder.info.features["image"])
-    augment_key = ip._base_key(settings.seed, process_index, 1)
 
-    def preprocess(e, i, ex):
-        key = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(augment_key, e), i
+    def shard_batches(shard: int):
+        augment_key = ip._base_key(settings.seed, shard, 1)
+
+        def preprocess(e, i, ex):
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(augment_key, e), i
+            )
+            crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+            image = decode(ex["image"])
+            boxes = tf.reshape(tf.cast(ex["bbox"], tf.float32), [-1, 4])
+            labels = tf.cast(ex["label"], tf.int32)
+            if "is_crowd" in ex:  # crowd regions are not objects to learn
+                solo = tf.logical_not(tf.cast(ex["is_crowd"], tf.bool))
+                boxes, labels = tf.boolean_mask(boxes, solo), tf.boolean_mask(labels, solo)
+            if random_crop:
+                image, boxes, labels = ssd_random_crop(image, boxes, labels, crop_key)
+            image = _resize(image, settings.resolution)
+            if settings.flip:
+                flip = tf.random.stateless_uniform([], flip_key) < 0.5
+                image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+                flipped = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
+                boxes = tf.cond(flip, lambda: flipped, lambda: boxes)
+            count = tf.minimum(tf.shape(labels)[0], max_boxes)
+            return {
+                "image": image,
+                "boxes": tf.ensure_shape(_pad(boxes, max_boxes, tf.float32), [max_boxes, 4]),
+                "labels": tf.ensure_shape(_pad(labels, max_boxes, tf.int32), [max_boxes]),
+                "box_mask": tf.ensure_shape(_pad(tf.ones([count]), max_boxes, tf.float32), [max_boxes]),
+            }
+
+        ds = ip._train_examples(
+            settings, builder, start_step, steps, shard_batch, shard, shards, select=_select
         )
-        crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        image = decode(ex["image"])
-        boxes = tf.reshape(tf.cast(ex["bbox"], tf.float32), [-1, 4])
-        labels = tf.cast(ex["label"], tf.int32)
-        if "is_crowd" in ex:  # crowd regions are not objects to learn
-            solo = tf.logical_not(tf.cast(ex["is_crowd"], tf.bool))
-            boxes, labels = tf.boolean_mask(boxes, solo), tf.boolean_mask(labels, solo)
-        if random_crop:
-            image, boxes, labels = ssd_random_crop(image, boxes, labels, crop_key)
-        image = _resize(image, settings.resolution)
-        if settings.flip:
-            flip = tf.random.stateless_uniform([], flip_key) < 0.5
-            image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-            flipped = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
-            boxes = tf.cond(flip, lambda: flipped, lambda: boxes)
-        count = tf.minimum(tf.shape(labels)[0], max_boxes)
-        return {
-            "image": image,
-            "boxes": tf.ensure_shape(_pad(boxes, max_boxes, tf.float32), [max_boxes, 4]),
-            "labels": tf.ensure_shape(_pad(labels, max_boxes, tf.int32), [max_boxes]),
-            "box_mask": tf.ensure_shape(_pad(tf.ones([count]), max_boxes, tf.float32), [max_boxes]),
-        }
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(shard_batch, drop_remainder=True)
 
-    ds = ip._train_examples(settings, builder, start_step, steps, local_batch, select=_select)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if len(mine) == 1:
+        ds = shard_batches(mine[0])
+    else:  # this process's shards side by side: one slice of the global batch each
+        ds = tf.data.Dataset.zip(tuple(shard_batches(k) for k in mine)).map(
+            lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
+        )
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     return iter(tfds.as_numpy(ds.with_options(ip._options())))
 
 
 def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
     """Per-process batches covering this process's part of the eval split exactly once, padded
-    (`mask` 0) to `eval_batch_size // process_count` rows."""
+    (`mask` 0) to `eval_batch_size // shards` rows per shard (see `input_pipeline.eval_iterator`)."""
     tf = ip._tf()
     import tensorflow_datasets as tfds
 
     settings = _settings(config)
     builder = ip._builder(settings)
     max_boxes = int(_detection(config, "max_boxes", 100))
-    process_index, process_count = ip._process()
-    local_batch = ip._local_batch(settings.global_eval_batch_size, process_count, "eval_batch_size")
+    mine, shards = ip._shards(settings)
+    shard_batch = ip._local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = ip._eval_split(settings, builder)
-    split = tfds.split_for_jax_process(split_name, process_index=process_index, process_count=process_count)
     num_batches = None
-    if process_count > 1:
+    if shards > 1:
         total = settings.num_eval_examples or ip._split_size(builder, split_name)
         if total is None:
             raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = ip._ceil_div(ip._ceil_div(total, process_count), local_batch)
+        num_batches = ip._ceil_div(ip._ceil_div(total, shards), shard_batch)
     decode = ip.image_decoder(builder.info.features["image"])
 
     def preprocess(index, ex):
@@ -228,7 +240,7 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
         box_area = (boxes[:, 2] - boxes[:, 0]) * size[0] * (boxes[:, 3] - boxes[:, 1]) * size[1]
         area = tf.cast(ex["area"], tf.float32) if "area" in ex else box_area
         count = tf.minimum(n, max_boxes)
-        # Without a stored id, the position in this process's part of the split (1-based).
+        # Without a stored id, the position in this shard's part of the split (1-based).
         image_id = tf.cast(ex["image_id"], tf.int32) if "image_id" in ex else tf.cast(index + 1, tf.int32)
         return {
             "image": _resize(image, settings.resolution),
@@ -242,7 +254,13 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
             "mask": tf.constant(1.0, tf.float32),
         }
 
-    ds = ip._read(builder, split, cache=False, select=_select).enumerate()
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
-    return ip._padded(tfds.as_numpy(ds.with_options(ip._options())), local_batch, num_batches)
+    def shard_batches(shard: int):
+        split = tfds.split_for_jax_process(split_name, process_index=shard, process_count=shards)
+        ds = ip._read(builder, split, cache=False, select=_select).enumerate()
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(shard_batch).prefetch(tf.data.AUTOTUNE)
+        return ip._padded(tfds.as_numpy(ds.with_options(ip._options())), shard_batch, num_batches)
+
+    if len(mine) == 1:
+        return shard_batches(mine[0])
+    return (ip._concat(parts) for parts in zip(*(shard_batches(k) for k in mine)))
