@@ -571,3 +571,13 @@ def test_offline_mnist_learns(tmp_path, data_dir):
     assert [r["step"] for r in records] == [50, 100, 150]
     assert records[-1]["train/loss"] < 0.75 * records[0]["train/loss"]
     assert summary["eval/top1"] > 0.6 and summary["eval_ema/top1"] > 0.6, summary
+
+
+def test_init_from_a_finished_run_starts_from_its_averaged_weights(tmp_path, data_dir, base_run):
+    """The new run's weights and their average start as the finished run's averaged weights (in
+    separate buffers: the train step donates the state) and training goes on from there."""
+    source, _ = base_run
+    workdir = str(tmp_path / "finetune")
+    summary = train.train_and_evaluate(make_config(data_dir, total_steps=2, init_from=source), workdir)
+    assert summary["complete"] and summary["step"] == 2
+    assert all(np.isfinite(r["train/loss"]) for r in workdir_lib.read_metrics(workdir) if "train/loss" in r)
