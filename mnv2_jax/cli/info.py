@@ -65,6 +65,9 @@ def _arch_settings(args: argparse.Namespace) -> dict:
 def cmd_info(args: argparse.Namespace) -> None:
     from mnv2_jax import accounting, spec
 
+    if args.task == "segmentation":
+        _segmentation_info(args)
+        return
     s = _arch_settings(args)
     resolution = s.pop("resolution")
     arch = spec.build_architecture(**s)
@@ -86,12 +89,48 @@ def cmd_info(args: argparse.Namespace) -> None:
     )
 
 
+def _segmentation_info(args: argparse.Namespace) -> None:
+    """Mobile DeepLabv3: the backbone to its last block at `--output-stride` (default 16) and the
+    DeepLabv3 head for `--num-classes` (default 21, PASCAL VOC), with `--aspp` if given."""
+    from mnv2_jax import accounting, spec
+
+    explicit = {k: getattr(args, k) for k in ("num_classes", "output_stride")}
+    s = _arch_settings(args)
+    resolution = s.pop("resolution")
+    num_classes = explicit["num_classes"] if explicit["num_classes"] is not None else 21
+    if args.config is None and explicit["output_stride"] is None:
+        s["output_stride"] = 16
+    if s["output_stride"] is None:
+        raise SystemExit("--output-stride: the segmentation head needs 8, 16 or 32")
+    arch = spec.build_architecture(**{**s, "num_classes": 0})
+    summary = {
+        "task": "segmentation",
+        **accounting.deeplab_summary(arch, resolution, num_classes, aspp=args.aspp),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(
+        f"Mobile DeepLabv3 on MobileNetV2 width {arch.width:g}, resolution {resolution}, output stride "
+        f"{arch.output_stride}, {num_classes} classes, " + ("ASPP" if args.aspp else "no ASPP")
+    )
+    print(accounting.format_counts(accounting.count_deeplab(arch, resolution, num_classes, args.aspp)))
+    print(
+        f"\nmadds {summary['madds']:,} ({summary['madds'] / 1e9:.2f}B)   params {summary['params']:,}   "
+        f"batch-norm params {summary['params_bn']:,}   total {summary['params_total']:,} "
+        f"({summary['params_total'] / 1e6:.2f}M)"
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from mnv2_jax.tasks import TASKS
 
     p = sub.add_parser("info", help="analytic multiply-adds and parameters, per layer")
     _add_arch_args(p)
     p.add_argument("--task", default="classification", choices=tuple(TASKS), help="the head counted on top")
+    p.add_argument(
+        "--aspp", action="store_true", help="segmentation: with the three 3x3 atrous ASPP branches"
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object (madds, params, params_bn, settings)"
     )
