@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from mnv2_jax.data.datasets import LOCAL_DATASETS
+from mnv2_jax.data.datasets import LOCAL_DATASETS, MANUAL_DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,12 @@ def _builder(settings: InputConfig):
     import tensorflow_datasets as tfds
 
     name = settings.dataset
-    if name in LOCAL_DATASETS:
-        module = importlib.import_module(LOCAL_DATASETS[name])  # registers the name with TFDS
-        module.ensure_prepared(settings.data_dir)
+    base_name = name.split(":")[0].split("/")[0]  # 'mnist_seg_offline/tiny:1.0.0' -> 'mnist_seg_offline'
+    if base_name in LOCAL_DATASETS:
+        module = importlib.import_module(LOCAL_DATASETS[base_name])  # registers the name with TFDS
+        module.ensure_prepared(settings.data_dir, name)
+    if base_name in MANUAL_DATASETS:
+        importlib.import_module(MANUAL_DATASETS[base_name])  # registers the name with TFDS
     try:
         builder = tfds.builder(name, data_dir=settings.data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -298,20 +301,27 @@ def _should_cache(settings: InputConfig, builder) -> bool:
     if settings.cache is not None:
         return bool(settings.cache)
     size = int(getattr(builder.info, "dataset_size", 0) or 0)
-    return settings.dataset in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
+    return settings.dataset.split(":")[0].split("/")[0] in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
 
 
-def _read(builder, split, *, cache: bool):
-    """The split's examples, undecoded and in file order: deterministic, and cheap to skip."""
+def _read(builder, split, *, cache: bool, features: tuple[str, ...] = ("image", "label")):
+    """The split's `features`, undecoded and in file order: deterministic, and cheap to skip.
+
+    Image features stay encoded (decoded in the parallel map, after any skipping)."""
     import tensorflow_datasets as tfds
 
+    decoders = {
+        name: tfds.decode.SkipDecoding()
+        for name in features
+        if isinstance(builder.info.features[name], tfds.features.Image)
+    }
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True),
     )
-    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    ds = ds.map(lambda ex: {name: ex[name] for name in features})
     return ds.cache() if cache else ds
 
 
@@ -482,7 +492,14 @@ def _base_key(seed: int, process_index: int, stream: int):
     return tf.random.experimental.stateless_fold_in(key, stream)
 
 
-def _train_examples(settings: InputConfig, builder, start_step: int, steps: int, local_batch: int):
+def _train_examples(
+    settings: InputConfig,
+    builder,
+    start_step: int,
+    steps: int,
+    local_batch: int,
+    features: tuple[str, ...] = ("image", "label"),
+):
     """The stream of `(epoch, position, example)` that training reads from `start_step` on, undecoded."""
     tf = _tf()
     import tensorflow_datasets as tfds
@@ -491,7 +508,7 @@ def _train_examples(settings: InputConfig, builder, start_step: int, steps: int,
     split = tfds.split_for_jax_process(
         settings.train_split, process_index=process_index, process_count=process_count
     )
-    base = _read(builder, split, cache=_should_cache(settings, builder))
+    base = _read(builder, split, cache=_should_cache(settings, builder), features=features)
     # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
     # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
     # config.seed alone, so the global seed is cleared (anyone who set one loses it here).

@@ -85,13 +85,15 @@ class MnistOffline(tfds.core.GeneratorBasedBuilder):
             yield int(row), {"image": images[row], "label": int(labels[row])}
 
 
-def ensure_prepared(data_dir: str | None = None) -> None:
-    """Write `mnist_offline` into the TFDS data dir unless it is there already.
+def ensure_prepared(data_dir: str | None = None, name: str = NAME) -> None:
+    """Write `mnist_offline` into the TFDS data dir unless it is there already (`name`: the dataset
+    name a config gave, which has no variants here).
 
     `data_dir=None` means TFDS's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`). Safe to call
     from many processes at once: one prepares under a file lock while the others wait, and TFDS moves
     the finished files into place atomically, so a reader never sees half a dataset.
     """
+    del name
     builder = MnistOffline(data_dir=data_dir)
     if builder.is_prepared():
         return
