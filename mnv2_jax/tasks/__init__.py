@@ -8,6 +8,7 @@ from typing import Any
 # Task name -> module path and class name; modules load when a task is asked for.
 TASKS: dict[str, tuple[str, str]] = {
     "classification": ("mnv2_jax.tasks.classification", "ClassificationTask"),
+    "segmentation": ("mnv2_jax.tasks.segmentation", "SegmentationTask"),
 }
 
 

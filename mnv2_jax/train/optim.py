@@ -1,6 +1,6 @@
 """The paper's training recipes as optax transformations.
 
-Two recipes, each a set of plain values (`RECIPES`) that a config's `optim`
+Three recipes, each a set of plain values (`RECIPES`) that a config's `optim`
 sub-dict may override key by key (`resolve_optim`):
 
 * ``slim`` -- the public TF-Slim recipe that reached 72.0 (Section 6.1 of the
@@ -16,7 +16,12 @@ sub-dict may override key by key (`resolve_optim`):
   (Model Garden uses `keras.regularizers.l2(wd / 2)`, i.e. the same gradient
   ``wd * w`` as TF-Slim's `wd * tf.nn.l2_loss(w)`).
 
-Both are exactly `optax.rmsprop(..., eps_in_sqrt=True, initial_scale=...,
+* ``deeplab`` -- TF DeepLab's `train.py` for Mobile DeepLabv3 on PASCAL
+  `train_aug` (the paper's Table 7): momentum SGD (0.9; TF's `MomentumOptimizer`
+  is `optax.sgd(momentum=...)`), the "poly" learning rate 0.007 x B/16 x
+  (1 - step/total_steps)^0.9, L2 4e-5, no moving average.
+
+The slim and tpu recipes are exactly `optax.rmsprop(..., eps_in_sqrt=True, initial_scale=...,
 momentum=...)`: optax's `scale_by_rms` -> `scale_by_learning_rate` -> `trace`
 is TF's ``ms = d*ms + (1-d)*g^2; mom = m*mom + lr*g/sqrt(ms+eps); w -= mom``
 (learning rate inside the momentum accumulator), so no custom transformation
@@ -64,6 +69,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
         "ema_decay": 0.9999,
         "grad_clip_norm": None,
+        "optimizer": "rmsprop",
+        "lr_schedule": "exponential",  # staircase: x lr_decay_rate every lr_decay_epochs
+        "lr_power": None,
     },
     "tpu": {
         "lr": 0.008,
@@ -81,8 +89,31 @@ RECIPES: dict[str, dict[str, Any]] = {
         # average here only adds `eval_ema/*` -- compare that run with `eval/*`.
         "ema_decay": 0.9999,
         "grad_clip_norm": None,
+        "optimizer": "rmsprop",
+        "lr_schedule": "exponential",
+        "lr_power": None,
+    },
+    "deeplab": {
+        "lr": 0.007,  # "Use 0.007 when training on PASCAL augmented training set, train_aug"
+        "lr_reference_batch": 16,  # Model Garden: 0.007 x batch / 16
+        "lr_decay_rate": None,
+        "lr_decay_epochs": None,
+        "warmup_epochs": 0.0,
+        "rmsprop_decay": None,
+        "momentum": 0.9,
+        "rmsprop_epsilon": None,
+        "rmsprop_initial_scale": None,
+        "weight_decay": 4e-5,  # "use 0.00004 for MobileNet-V2"
+        "label_smoothing": 0.0,
+        "ema_decay": 0.0,
+        "grad_clip_norm": None,
+        "optimizer": "momentum",
+        "lr_schedule": "poly",
+        "lr_power": 0.9,
     },
 }
+OPTIMIZERS = ("rmsprop", "momentum")
+LR_SCHEDULES = ("exponential", "poly")
 
 
 def resolve_optim(config: Any) -> dict[str, Any]:
@@ -101,6 +132,20 @@ def resolve_optim(config: Any) -> dict[str, Any]:
             raise ValueError(f"unknown key optim.{key}; known keys: {sorted(resolved)}")
         if value is not None:
             resolved[key] = value
+    for key, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
+        if resolved[key] not in allowed:
+            raise ValueError(f"config key 'optim.{key}': must be one of {allowed}, got {resolved[key]!r}")
+    needed = {"poly": ("lr_power",), "exponential": ("lr_decay_rate", "lr_decay_epochs")}[
+        resolved["lr_schedule"]
+    ]
+    if resolved["optimizer"] == "rmsprop":
+        needed += ("rmsprop_decay", "rmsprop_epsilon", "rmsprop_initial_scale")
+    for key in needed:
+        if resolved[key] is None:
+            raise ValueError(
+                f"config key 'optim.{key}': recipe {recipe!r} with optimizer {resolved['optimizer']!r} and "
+                f"lr_schedule {resolved['lr_schedule']!r} needs a value"
+            )
     return resolved
 
 
@@ -110,10 +155,23 @@ def scaled_learning_rate(config: Any) -> float:
     return float(opt["lr"]) * config.batch_size / opt["lr_reference_batch"]
 
 
-def _schedule_shape(opt: Mapping[str, Any], steps_per_epoch: float) -> optax.Schedule:
+def total_train_steps(config: Any, steps_per_epoch: float) -> int | None:
+    """The run's length in updates (`total_steps`, or `total_epochs` x steps per epoch), None if unset."""
+    if config.get("total_steps", None) is not None:
+        return int(config.total_steps)
+    if config.get("total_epochs", None) is not None:
+        return max(1, math.ceil(config.total_epochs * steps_per_epoch))
+    return None
+
+
+def _schedule_shape(
+    opt: Mapping[str, Any], steps_per_epoch: float, total_steps: int | None = None
+) -> optax.Schedule:
     """The learning-rate schedule divided by its peak value: a unitless factor of the step count.
 
-    Staircase exponential decay ``rate ** floor(count / decay_steps)`` with
+    ``lr_schedule='poly'`` (TF's `polynomial_decay` to 0, DeepLab's "poly" policy):
+    ``(1 - min(count, total_steps) / total_steps) ** lr_power``. ``'exponential'``:
+    staircase exponential decay ``rate ** floor(count / decay_steps)`` with
     ``decay_steps = int(lr_decay_epochs * steps_per_epoch)``. Pass
     `steps_per_epoch` = num_examples / batch (a float) to get TF-Slim's
     ``int(num_samples * 2.5 / batch)``, or num_examples // batch to get Model
@@ -125,18 +183,29 @@ def _schedule_shape(opt: Mapping[str, Any], steps_per_epoch: float) -> optax.Sch
     step (not restarted at the end of the warm-up). `count` is the number of
     updates already applied, so the very first update of a warm-up uses 0.
     """
-    decay_steps = max(1, int(opt["lr_decay_epochs"] * steps_per_epoch))
     warmup_steps = int(opt["warmup_epochs"] * steps_per_epoch)
-    rate = float(opt["lr_decay_rate"])
+    if opt.get("lr_schedule", "exponential") == "poly":
+        if total_steps is None:
+            raise ValueError("lr_schedule 'poly' needs the run's length: set total_steps or total_epochs")
+        total, power = max(1, int(total_steps)), float(opt["lr_power"])
 
-    def decayed(count: jax.Array) -> jax.Array:
-        return jnp.power(rate, jnp.floor(count / decay_steps))
+        def decayed(count):
+            return (1.0 - jnp.minimum(count, total) / total) ** power
+
+        at_warmup_end = (1.0 - min(warmup_steps, total) / total) ** power
+    else:
+        decay_steps = max(1, int(opt["lr_decay_epochs"] * steps_per_epoch))
+        rate = float(opt["lr_decay_rate"])
+
+        def decayed(count):
+            return jnp.power(rate, jnp.floor(count / decay_steps))
+
+        at_warmup_end = rate ** math.floor(warmup_steps / decay_steps)
 
     def shape(count: jax.typing.ArrayLike) -> jax.Array:
         count = jnp.asarray(count, jnp.float32)
         if warmup_steps <= 0:
             return decayed(count)
-        at_warmup_end = rate ** math.floor(warmup_steps / decay_steps)
         return jnp.where(count < warmup_steps, count / warmup_steps * at_warmup_end, decayed(count))
 
     return shape
@@ -150,7 +219,9 @@ def learning_rate_schedule(config: Any, steps_per_epoch: float) -> optax.Schedul
     checks -- read the live value with `current_learning_rate`.
     """
     peak = scaled_learning_rate(config)
-    shape = _schedule_shape(resolve_optim(config), steps_per_epoch)
+    shape = _schedule_shape(
+        resolve_optim(config), steps_per_epoch, total_train_steps(config, steps_per_epoch)
+    )
     return lambda count: peak * shape(count)
 
 
@@ -180,7 +251,8 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def create_optimizer(config: Any, steps_per_epoch: float) -> optax.GradientTransformation:
-    """The recipe's optimizer: L2 on the gradient -> optional clipping -> RMSProp with momentum.
+    """The recipe's optimizer: L2 on the gradient -> optional clipping -> RMSProp with momentum
+    (or momentum SGD, `optim.optimizer='momentum'`).
 
     The state is an `optax.InjectStatefulHyperparamsState` whose `hyperparams`
     hold ``lr_scale`` (peak learning rate, already scaled by the batch),
@@ -193,7 +265,7 @@ def create_optimizer(config: Any, steps_per_epoch: float) -> optax.GradientTrans
     regulariser.
     """
     opt = resolve_optim(config)
-    shape = _schedule_shape(opt, steps_per_epoch)
+    shape = _schedule_shape(opt, steps_per_epoch, total_train_steps(config, steps_per_epoch))
     momentum = float(opt["momentum"]) or None
     clip = opt["grad_clip_norm"]
 
@@ -208,6 +280,10 @@ def create_optimizer(config: Any, steps_per_epoch: float) -> optax.GradientTrans
         # same shape share their update kernels, whereas the slices that unravel a
         # flat vector differ in offset and each get their own (more kernels, a
         # slower compile, the same step time).
+        if opt["optimizer"] == "momentum":
+            # TF's MomentumOptimizer: accum = m * accum + g; w -= lr * accum.
+            parts.append(optax.sgd(learning_rate=lr_scale * lr_schedule, momentum=momentum))
+            return optax.chain(*parts)
         parts.append(
             optax.rmsprop(
                 learning_rate=lr_scale * lr_schedule,
