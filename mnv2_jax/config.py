@@ -161,6 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.segmentation.min_scale = 0.5  # random scale of train images, in steps of scale_step
     c.segmentation.max_scale = 2.0
     c.segmentation.scale_step = 0.25
+    c.segmentation.eval_scales = (1.0,)  # multi-scale eval: DeepLab's MF rows use 0.5-1.75 in 0.25
+    c.segmentation.eval_flip = False  # also average the left-right flipped image's probabilities
 
     # Bookkeeping.
     c.log_every_steps = 100

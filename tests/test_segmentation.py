@@ -6,6 +6,7 @@ Set MNV2_TEST_DATA_DIR (or TFDS_DATA_DIR) to reuse a prepared TFDS data dir betw
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -519,3 +520,61 @@ def test_small_bn_batches_are_warned_about(data_dir, capsys):
     input_lib.warn_small_bn_batch(seg_config(data_dir, batch_size=16))
     input_lib.warn_small_bn_batch(seg_config(data_dir, batch_size=8, **{"segmentation.fine_tune_bn": False}))
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("fine_tune_bn", [True, False])
+def test_batch_norm_fine_tuning_on_and_off(fine_tune_bn):
+    """fine_tune_bn=False: moving statistics in training, no gradient to batch norm's scale and
+    offset (and the statistics stay put); the same parameter tree either way."""
+    arch = spec.build_architecture(width=0.35, output_stride=16, num_classes=0, max_repeats=1)
+    model = head_lib.MobileDeepLabV3(arch, 3, depth=8, fine_tune_bn=fine_tune_bn)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    assert _sizes(variables["params"]) == _sizes(
+        head_lib.MobileDeepLabV3(arch, 3, depth=8).init(jax.random.PRNGKey(0), x)["params"]
+    )
+
+    def loss(params):
+        out, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.PRNGKey(1)},
+        )
+        return jnp.sum(out**2), updates["batch_stats"]
+
+    grads, stats = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    bn_grad = sum(float(jnp.abs(g["bn"]["scale"]).sum()) for g in (grads["stem"], grads["concat_projection"]))
+    stats_moved = float(
+        jnp.abs(stats["stem"]["bn"]["mean"] - variables["batch_stats"]["stem"]["bn"]["mean"]).sum()
+    )
+    assert float(jnp.abs(grads["stem"]["conv"]["kernel"]).sum()) > 0
+    assert (bn_grad > 0) == fine_tune_bn and (stats_moved > 0) == fine_tune_bn
+
+
+def test_multi_scale_and_flip_evaluation():
+    """DeepLab's multi-scale + flip inference: one scale without flips is the plain softmax; with
+    flips the prediction of a mirrored image is the mirrored prediction."""
+    arch = spec.build_architecture(width=0.35, output_stride=16, num_classes=0, max_repeats=1)
+    model = head_lib.MobileDeepLabV3(arch, 3, depth=8)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 33, 33, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    assert [head_lib.scaled_size(513, s) for s in (0.5, 0.75, 1.25, 1.75)] == [257, 385, 641, 897]
+
+    @jax.jit  # one program, one compile
+    def predictions(x):
+        predict = functools.partial(head_lib.predict_probabilities, model, variables)
+        both = jnp.concatenate([x, x[:, :, ::-1]])  # images and their mirror images
+        return (
+            predict(x, (1.0,), False),
+            jax.nn.softmax(model.apply(variables, x)),
+            predict(both, (1.0,), True),
+            predict(x, (0.5, 1.5), False),
+        )
+
+    single, plain, flipped, multi = predictions(x)
+    np.testing.assert_allclose(single, plain, atol=1e-6)
+    np.testing.assert_allclose(flipped[2:], flipped[:2, :, ::-1], atol=1e-5)
+    assert multi.shape == (2, 33, 33, 3)
+    np.testing.assert_allclose(multi.sum(-1), 1.0, atol=1e-5)

@@ -5,11 +5,12 @@ Head: DeepLabv3 on the backbone's last block at `output_stride` 8 or 16 (or 32),
 TFDS dataset with a per-pixel `segmentation_mask` -- `mnist_seg_offline` (offline, ships with the
 dependencies) or `voc2012_seg_aug` (PASCAL VOC 2012 + SBD, downloaded by hand) -- with DeepLab's
 random scale, crop and flip (`input.py`). Loss: per-pixel softmax cross entropy, 255 ignored
-(`loss.py`). Eval: mIOU and per-class IOU from one split-wide confusion matrix (`evaluator.py`).
+(`loss.py`). Eval: mIOU and per-class IOU from one split-wide confusion matrix (`evaluator.py`),
+single scale or averaged over `segmentation.eval_scales` and flips (`head.predict_probabilities`).
 
 Config keys read besides the common ones: `output_stride`, `segmentation.{crop_size, aspp,
 aspp_separable, depth, dropout_rate, bn_momentum, bn_epsilon, fine_tune_bn, min_scale, max_scale,
-scale_step}`; `resolution` is the size eval images are padded to (and the counted input size), the
+scale_step, eval_scales, eval_flip}`; `resolution` is the size eval images are padded to (and the counted input size), the
 train crop `segmentation.crop_size` (default: `resolution`).
 """
 
@@ -37,6 +38,11 @@ def check_config(config: Any) -> None:
     depth = seg.get("depth", 256)
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"config key 'segmentation.depth': must be an integer >= 1, got {depth!r}")
+    scales = seg.get("eval_scales", (1.0,))
+    if not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
+        raise ValueError(
+            f"config key 'segmentation.eval_scales': must be one or more numbers > 0, got {scales!r}"
+        )
     rate = seg.get("dropout_rate", 0.1)
     if not 0 <= rate < 1:
         raise ValueError(f"config key 'segmentation.dropout_rate': must be in [0, 1), got {rate!r}")
@@ -95,8 +101,15 @@ class SegmentationTask(Task):
         import jax.numpy as jnp
 
         from mnv2_jax.tasks.segmentation import loss as loss_lib
+        from mnv2_jax.tasks.segmentation.head import predict_probabilities
 
-        logits = model.apply(variables, batch["image"], train=False)
+        seg = self.config.segmentation
+        scales, flip = tuple(seg.get("eval_scales", (1.0,))), bool(seg.get("eval_flip", False))
+        if scales == (1.0,) and not flip:
+            logits = model.apply(variables, batch["image"], train=False)
+        else:  # the averaged probabilities' logarithm: a softmax of it gives them back
+            probabilities = predict_probabilities(model, variables, batch["image"], scales, flip)
+            logits = jnp.log(jnp.maximum(probabilities, 1e-30))
         mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
         return loss_lib.eval_sums(logits, batch["label"], mask)
 

@@ -48,6 +48,22 @@ def aspp_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(r * 16 // output_stride for r in ASPP_RATES_AT_OS16)
 
 
+def stop_batch_norm_gradients(params: Any) -> Any:
+    """`params` with every batch-norm scale and offset (leaves under a `bn` module) behind
+    `stop_gradient`: their gradients are 0, so the optimizer leaves them as they are."""
+
+    def stop(path, leaf):
+        names = [getattr(key, "key", "") for key in path]
+        return jax.lax.stop_gradient(leaf) if "bn" in names else leaf
+
+    return jax.tree_util.tree_map_with_path(stop, params)
+
+
+def frozen_batch_norm(module: type[nn.Module], initializing: bool) -> type[nn.Module]:
+    """`module` whose batch-norm parameters get no gradients (the parameter tree is unchanged)."""
+    return nn.map_variables(module, "params", trans_in_fn=stop_batch_norm_gradients, init=initializing)
+
+
 def feature_endpoint(arch: Architecture) -> str:
     """The feature the head reads: the backbone's last block (`block_16` in the paper's network)."""
     return arch.blocks[-1].name
@@ -85,6 +101,34 @@ def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Arra
     highest = jax.lax.Precision.HIGHEST
     x = jnp.einsum("nhwc,xw->nhxc", x, wx.astype(x.dtype), precision=highest)
     return jnp.einsum("yh,nhxc->nyxc", wy.astype(x.dtype), x, precision=highest)
+
+
+def scaled_size(size: int, scale: float) -> int:
+    """DeepLab's image size at an eval scale: int((size - 1) * scale + 1) (513 -> 257, 385, ..., 897),
+    so that the corners stay aligned."""
+    return int((size - 1) * scale + 1)
+
+
+def predict_probabilities(
+    model: nn.Module, variables: dict, images: jax.Array, scales: Sequence[float] = (1.0,), flip: bool = False
+) -> jax.Array:
+    """Class probabilities (N, H, W, C) averaged over the eval scales (and left-right flips): TF
+    DeepLab's `predict_labels_multi_scale`. Each scaled image (bilinear, align_corners) goes
+    through the model, its logits are resized to (H, W), and the softmaxes are averaged."""
+    height, width = images.shape[1:3]
+    total, count = 0.0, 0
+    for scale in scales:
+        x = images
+        if scale != 1.0:
+            x = resize_bilinear_align_corners(images, (scaled_size(height, scale), scaled_size(width, scale)))
+        for flipped in (False, True) if flip else (False,):
+            logits = model.apply(
+                variables, x[:, :, ::-1] if flipped else x, train=False, output_size=(height, width)
+            )
+            probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+            total = total + (probabilities[:, :, ::-1] if flipped else probabilities)
+            count += 1
+    return total / count
 
 
 class DeepLabV3Head(nn.Module):
@@ -160,7 +204,9 @@ class MobileDeepLabV3(nn.Module):
     logits (N, H, W, num_classes).
 
     `fine_tune_bn=False` runs every batch norm on its moving statistics in training too (DeepLab's
-    `fine_tune_batch_norm=False`, for batches too small for batch statistics); dropout still trains.
+    `fine_tune_batch_norm=False`, for batches too small for batch statistics) and keeps batch norm's
+    scale and offset fixed (their gradients are 0; TF-Slim would still train them); dropout still
+    trains.
     """
 
     arch: Architecture  # num_classes 0, output_stride set
@@ -181,7 +227,11 @@ class MobileDeepLabV3(nn.Module):
     pointwise_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, output_size: Sequence[int] | None = None
+    ) -> jax.Array:
+        """Logits upsampled to the input size, or to `output_size` (height, width): multi-scale
+        evaluation resizes a scaled image's logits straight to the original size, as DeepLab does."""
         if self.arch.output_stride is None:
             raise ValueError("arch.output_stride: the segmentation head needs 8, 16 or 32, got None")
         shared = dict(
@@ -193,7 +243,11 @@ class MobileDeepLabV3(nn.Module):
         )
         bn_train = train and self.fine_tune_bn
         tap = feature_endpoint(self.arch)
-        backbone = MobileNetV2(
+        backbone_cls, head_cls = MobileNetV2, DeepLabV3Head
+        if not self.fine_tune_bn:
+            backbone_cls = frozen_batch_norm(MobileNetV2, self.is_initializing())
+            head_cls = frozen_batch_norm(DeepLabV3Head, self.is_initializing())
+        backbone = backbone_cls(
             self.arch,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
@@ -202,7 +256,7 @@ class MobileDeepLabV3(nn.Module):
         )
         nn.share_scope(self, backbone)  # backbone parameters at the top level, as in classification
         features = backbone(x, train=bn_train)
-        head = DeepLabV3Head(
+        head = head_cls(
             self.num_classes,
             self.arch.output_stride,
             aspp=self.aspp,
@@ -215,4 +269,4 @@ class MobileDeepLabV3(nn.Module):
         )
         nn.share_scope(self, head)
         logits = head(features, train, bn_train)
-        return resize_bilinear_align_corners(logits, x.shape[1:3])
+        return resize_bilinear_align_corners(logits, x.shape[1:3] if output_size is None else output_size)
