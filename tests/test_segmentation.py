@@ -510,6 +510,20 @@ def test_train_and_eval_the_offline_config(tmp_path, data_dir, capsys):
     cli.main(["eval", "--workdir", workdir, "--json"])
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["eval/miou"] == pytest.approx(summary["eval/miou"], abs=1e-6)
+    # A run initialised from another one's weights (as from ImageNet) trains: the state it starts
+    # from holds no buffer twice (the train step donates it).
+    finetuned = str(tmp_path / "finetuned")
+    cli.main(
+        [
+            "train",
+            "--config",
+            config_file,
+            "--workdir",
+            finetuned,
+            *[f"--config.{k}={v}" for k, v in {**overrides, "total_steps": 2, "init_from": workdir}.items()],
+        ]
+    )
+    assert workdir_lib.read_summary(finetuned)["step"] == 2
 
 
 def test_small_bn_batches_are_warned_about(data_dir, capsys):

@@ -205,11 +205,13 @@ def _load_init_from(path: str, state: state_lib.TrainState) -> state_lib.TrainSt
         if skipped:
             print(f"init_from {path}: {collection} not copied (absent or other shape): {', '.join(skipped)}")
         out[collection] = unflatten_dict(target)
+    # The average starts as its own copy: the train step donates the state, and one buffer
+    # cannot be donated twice.
     return state.replace(
         params=out["params"],
         batch_stats=out["batch_stats"],
-        ema_params=out["params"],
-        ema_batch_stats=out["batch_stats"],
+        ema_params=jax.tree.map(jnp.copy, out["params"]),
+        ema_batch_stats=jax.tree.map(jnp.copy, out["batch_stats"]),
     )
 
 
