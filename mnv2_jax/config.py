@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Duration: exactly one of these is set.
     c.batch_size = 1536  # global: the paper's 16 workers x 96
+    # Input streams the global batch is drawn from (None: one per process). Fixed, the batches do
+    # not depend on how many processes read them (a run resumes identically on another host count).
+    c.data_shards = ml_collections.config_dict.placeholder(int)
     c.eval_batch_size = ml_collections.config_dict.placeholder(int)
     c.total_epochs = ml_collections.config_dict.placeholder(float)
     c.total_epochs = 420.0  # the TF-Slim reproduction's length
@@ -264,6 +267,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config key 'dropout_rate': must be in [0, 1), got {config.dropout_rate!r}")
     if not 0 <= config.bn_momentum < 1:
         raise ValueError(f"config key 'bn_momentum': must be in [0, 1), got {config.bn_momentum!r}")
+    if config.data_shards is not None and (
+        not isinstance(config.data_shards, int)
+        or config.data_shards < 1
+        or config.batch_size % config.data_shards
+    ):
+        raise ValueError(
+            f"config key 'data_shards': must be an integer >= 1 that divides batch_size={config.batch_size}, "
+            f"got {config.data_shards!r}"
+        )
     if config.bn_group_size is not None and config.batch_size % config.bn_group_size:
         raise ValueError(
             f"config key 'bn_group_size': must divide batch_size={config.batch_size}, got {config.bn_group_size}"

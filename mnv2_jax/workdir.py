@@ -19,9 +19,11 @@ It imports only the standard library and etils.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,11 +47,36 @@ PathLike = str | os.PathLike
 
 def path(workdir: PathLike, *parts: str) -> epath.Path:
     """`workdir/parts...` as an `epath.Path` (local or `gs://`)."""
+    if not is_local(workdir):
+        _fresh_listings()
     return epath.Path(workdir).joinpath(*parts)
+
+
+@functools.cache
+def _fresh_listings() -> None:
+    """gcsfs keeps directory listings for the life of a process by default; a run folder in a
+    bucket changes under its readers (another process writes its checkpoints and metrics), and a
+    cached listing would hide the latest checkpoint. Listings are asked anew each time."""
+    import fsspec.config
+
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
 
 
 def is_local(p: PathLike) -> bool:
     return "://" not in os.fspath(p)
+
+
+def ensure_writable(directory: PathLike, what: str = "--workdir", tag: str = "") -> None:
+    """Create `directory` if needed and write and delete a small file there; a ValueError naming
+    `what` and the path when that fails (a missing bucket, no permission, a file in the way)."""
+    probe = path(directory, f".write-test{tag}-{uuid.uuid4().hex[:8]}")
+    try:
+        path(directory).mkdir(parents=True, exist_ok=True)
+        write_text(probe, "mnv2_jax write test\n")
+        probe.unlink(missing_ok=True)
+    except Exception as e:  # noqa: BLE001 - whatever the storage says, name the path and stop
+        raise ValueError(f"{what} {directory}: cannot write there ({type(e).__name__}: {e})") from None
 
 
 def clean(value: Any) -> Any:
@@ -64,7 +91,7 @@ def clean(value: Any) -> Any:
 def write_text(p: PathLike, text: str) -> None:
     """Write `p` so that a reader never sees a partial file (a temporary file renamed locally;
     object stores replace an object whole)."""
-    p = epath.Path(p)
+    p = path(p)
     if not is_local(p):
         p.write_text(text)
         return
@@ -79,7 +106,7 @@ def write_json(p: PathLike, obj: Any) -> None:
 
 def read_json(p: PathLike) -> Any | None:
     """The JSON in `p`, or None when there is no such file."""
-    p = epath.Path(p)
+    p = path(p)
     if not p.exists():
         return None
     return json.loads(p.read_text())
@@ -143,7 +170,7 @@ class MetricsLog:
         if self._local:
             self._file = open(self._path, "a")  # noqa: SIM115 - kept open for the run
         else:
-            self._records = read_metrics(workdir)
+            self._records = [json.dumps(r) + "\n" for r in read_metrics(workdir)]  # lines, as written
 
     def write(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
         record = {"step": step, **{k: clean(v) for k, v in values.items()}}
@@ -236,7 +263,7 @@ def write_sweep_manifest(root: PathLike, manifest: dict[str, Any]) -> None:
 
 def read_sweep_manifests(root: PathLike) -> list[dict[str, Any]]:
     """The manifests of the sweeps that ran (or were launched) under `root`."""
-    root_path = epath.Path(root)
+    root_path = path(root)
     if not root_path.is_dir():
         return []
     out = []
@@ -276,13 +303,13 @@ def wandb_run_id(workdir: PathLike, new_id: str) -> str:
 
 
 def is_run_dir(p: PathLike) -> bool:
-    p = epath.Path(p)
+    p = path(p)
     return any((p / marker).exists() for marker in RUN_MARKERS)
 
 
 def find_run_dirs(root: PathLike, depth: int = 2) -> list[str]:
     """`root` itself when it is a run folder, else run folders up to `depth` levels below it."""
-    root_path = epath.Path(root)
+    root_path = path(root)
     if is_run_dir(root_path):
         return [os.fspath(root)]
     found: list[str] = []

@@ -149,3 +149,91 @@ def tiny():
     shape = (2, TINY_RESOLUTION, TINY_RESOLUTION, 3)
     x = jax.numpy.asarray(np.random.default_rng(1).uniform(-1.0, 1.0, shape).astype(np.float32))
     return TinyModel(model, random_variables(model, TINY_RESOLUTION), x, TINY_RESOLUTION)
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with `mnist_offline` prepared (MNV2_TEST_DATA_DIR reuses one between runs)."""
+    from mnv2_jax.data.datasets import mnist_offline
+
+    path = os.environ.get("MNV2_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    mnist_offline.ensure_prepared(path)
+    return path
+
+
+GCS_BUCKET = "mnv2-test"
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+    """`gs://mnv2-test` on a local GCS server (`gcp-storage-emulator` as `tests/gcs_emulator.py`
+    runs it, in memory, on a free port).
+
+    Every client must be pointed at it, or it goes to the real endpoint: gcsfs (under
+    etils.epath, which must not use TensorFlow's gfile) by STORAGE_EMULATOR_HOST, tensorstore
+    (orbax's arrays) by TENSORSTORE_GCS_HTTP_URL with a test token. gcsfs's bucket-layout lookup
+    uses a gRPC API the emulator lacks, so it is switched off. The variables are set in this
+    process for the session, so subprocesses that tests start inherit them.
+    """
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    try:
+        import gcp_storage_emulator  # noqa: F401
+    except ImportError:
+        pytest.fail("gcp-storage-emulator is not installed (pip install -e '.[test]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("gcs") / "emulator.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "gcs_emulator.py"),
+                "start",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--in-memory",
+                f"--default-bucket={GCS_BUCKET}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the GCS emulator did not start: {log_path.read_text()}")
+            time.sleep(0.1)
+    env = {
+        "STORAGE_EMULATOR_HOST": url,
+        "EPATH_USE_TF": "false",
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    # epath decides once per process whether TensorFlow serves gs:// paths: decide again.
+    from etils.epath import gpath
+
+    gpath._is_tf_installed.cache_clear()
+    try:
+        yield f"gs://{GCS_BUCKET}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        gpath._is_tf_installed.cache_clear()
+        server.terminate()
+        server.wait(timeout=30)

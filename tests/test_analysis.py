@@ -13,6 +13,7 @@ import statistics
 import pytest
 
 from mnv2_jax import accounting, cli, spec
+from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.analysis import figures, records, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,19 +165,25 @@ def test_unfinished_runs_are_reported_by_name_and_skipped(roots, capsys):
     assert os.path.join(roots["grid"], "plots", "table.md") in captured.out
 
 
-def test_runs_a_sweep_never_started_are_reported(roots, tmp_path, capsys):
-    sweep_file = tmp_path / "grid_sweep.py"
-    sweep_file.write_text(
-        f"NAME = 'grid'\nCONFIG = {os.path.join(REPO, 'configs', 'mnist.py')!r}\nWANDB_PROJECT = 'p'\n"
-        "SEEDS = 1\n\ndef sweep(add):\n    add(width=0.35, resolution=96)\n    add(width=0.75, resolution=224)\n"
+def test_runs_a_sweep_never_started_are_reported(roots, capsys):
+    """The sweep root's manifest lists every run of the sweep; runs without a folder are named."""
+    present = sorted(n for n in os.listdir(roots["grid"]) if not n.startswith("."))
+    workdir_lib.write_sweep_manifest(
+        roots["grid"],
+        workdir_lib.sweep_manifest(
+            sweep="grid",
+            sweep_file="sweeps/grid.py",
+            config="configs/mnist.py",
+            project="p",
+            swept_keys=["width", "resolution"],
+            runs=[*present, "w0.75_r224_t6_s0"],
+        ),
     )
-    with open(os.path.join(roots["grid"], "w0.35_r96_t6_s0", "sweep.json"), "w") as f:
-        json.dump({"sweep": "grid", "run": "w0.35_r96_t6_s0", "sweep_file": str(sweep_file)}, f)
     runs = records.load_runs([roots["grid"]])
     err = capsys.readouterr().err
     assert len(runs) == 5
     assert f"missing run w0.75_r224_t6_s0 of sweep grid: no workdir {roots['grid']}" in err
-    assert "missing run w0.35_r96_t6_s0" not in err
+    assert not any(f"missing run {name}" in err for name in present)
 
 
 def test_the_same_seed_twice_is_reported_and_counted_once(roots, tmp_path, capsys):
@@ -393,10 +400,39 @@ def test_nothing_to_plot_is_an_error(tmp_path, capsys):
     assert "no run directories" in capsys.readouterr().err
 
 
+# Roots that do not vary what a figure compares (the smoke sweep's 0.35 and 0.5 at 224, both
+# linear, bottleneck residual, t=6; or one run), with the key and sweep file the refusal names.
+UNVARIED = {
+    "fig5": ([(1.0, 0.70)], "one point", "sweeps/width_resolution.py"),
+    "fig6a": (
+        [(0.35, 0.60), (0.5, 0.65)],
+        "bottleneck_activation ('linear')",
+        "sweeps/bottleneck_activation.py",
+    ),
+    "fig6b": ([(0.35, 0.60), (0.5, 0.65)], "residual ('bottleneck')", "sweeps/residual.py"),
+    "expansion": ([(0.35, 0.60), (0.5, 0.65)], "expansion (6.0)", "sweeps/expansion.py"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNVARIED))
+def test_a_figure_of_a_root_that_does_not_vary_its_subject_is_refused(tmp_path, kind, capsys):
+    runs, lacks, sweep_file = UNVARIED[kind]
+    root = str(tmp_path / "root")
+    for width, top1 in runs:
+        write_run(root, f"w{width:g}_r224_t6_s0", run_summary(width, 224, top1), run_records(top1))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", kind, root])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mnv2 plot: error: {kind}: ")
+    assert root in line and lacks in line and sweep_file in line
+    assert not os.path.exists(os.path.join(root, "plots"))
+
+
 def test_nan_values_in_logs_do_not_break_loading(tmp_path):
-    records = run_records(0.6)
-    records.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})
-    write_run(str(tmp_path), "w1_r224_t6_s0", run_summary(1.0, 224, 0.6), records)
+    lines = run_records(0.6)
+    lines.append({"step": 500, "train/loss": "nan", "train/images_per_sec": "nan"})
+    write_run(str(tmp_path), "w1_r224_t6_s0", run_summary(1.0, 224, 0.6), lines)
     (run,) = records.load_runs([str(tmp_path / "w1_r224_t6_s0")])
     assert math.isnan(run.images_per_sec[-1])
     assert records.aggregate([run])[0].images_per_sec() == pytest.approx(105.0)

@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "mnv2_jax"
 # Bottom to top; a module may import its own layer and the layers below it, never above.
 # Names on one line are one layer; `INDEPENDENT` pairs of that layer must not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("spec", "workdir", "wandb_mode", "allocator"),
+    ("spec", "workdir", "wandb_mode", "allocator", "quiet"),
     ("accounting", "config"),
     ("nn",),
     ("models", "data"),

@@ -9,9 +9,11 @@ to end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import re
 import shlex
 import signal
 import subprocess
@@ -424,8 +426,8 @@ def test_cli_run_exit_code(tmp_path, fake_train, monkeypatch):
     from mnv2_jax import cli
 
     path = write_sweep(tmp_path, "def sweep(add):\n    add(dataset='fail_me')\n")
-    real = sweeps.run_sweep
-    monkeypatch.setattr(sweeps, "run_sweep", lambda *a, **k: real(*a, **k, command_prefix=fake_train))
+    real = local.run_sweep
+    monkeypatch.setattr(local, "run_sweep", lambda *a, **k: real(*a, **k, command_prefix=fake_train))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["sweep", "run", path, "--workdir", str(tmp_path / "root"), "--config.total_steps=2"])
     assert exit_info.value.code == 1
@@ -435,96 +437,129 @@ def test_cli_run_exit_code(tmp_path, fake_train, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Launch commands
+# Launch: SkyPilot tasks, commands
 
 AWKWARD = 'gs://bucket/my sweeps/it\'s "here"'
 
 
 def _launch_args(**kw) -> SimpleNamespace:
     base = dict(
-        tpu="tpu-a,tpu-b",
-        zone="us-central2-b",
-        project="my proj",
+        tpu="v4-32",
         workdir=AWKWARD,
         data_dir="gs://bucket/tf ds",
-        package="mnv2_jax @ git+https://example.com/r.git@abc123",
+        use_spot=True,
+        zone="us-central2-b",
+        region=None,
+        tasks_dir=None,
         dry_run=True,
-        skip_setup=False,
         print_commands=False,
     )
     return SimpleNamespace(**{**base, **kw})
 
 
-def split_commands(output: str) -> list[list[str]]:
-    """Printed commands (multi-line quoted scripts, '# ...' comment lines) back to argument lists."""
-    words = shlex.split(output, comments=True)
-    starts = [i for i, w in enumerate(words) if w == "gcloud"] + [len(words)]
-    return [words[a:b] for a, b in zip(starts, starts[1:])]
+def _git(repo: pathlib.Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
-def test_dry_run_commands_parse_back(tmp_path, capsys):
-    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
+@pytest.fixture
+def checkout(tmp_path, monkeypatch) -> pathlib.Path:
+    """A git checkout with the smoke sweep and its config, committed; the working directory."""
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "sweeps").mkdir()
+    (repo / "configs" / "mnist.py").write_text((REPO / "configs" / "mnist.py").read_text())
+    (repo / "sweeps" / "smoke.py").write_text((SWEEPS / "smoke.py").read_text())
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "sweep")
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def test_dry_run_writes_one_skypilot_task_per_run(checkout, tmp_path, capsys):
+    sky = pytest.importorskip("sky")
+    sweep = sweeps.load_sweep(str(checkout / "sweeps" / "smoke.py"))
     overrides = {"wandb.entity": "o'neil team", "total_steps": "3"}
-    assert launch.main(sweep, _launch_args(), overrides) == 0
-    out = capsys.readouterr().out
-    commands = split_commands(out)
-    assert len(commands) == 4  # setup x 2 TPUs, queue x 2 slices
-    for argv in commands:
-        assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", argv[5]]
-        assert argv[6:12] == ["--zone", "us-central2-b", "--project", "my proj", "--worker=all", "--command"]
-    setup = commands[0][-1]
-    assert "TFDS_DATA_DIR" in setup and "git+https://example.com/r.git@abc123" in setup
+    tasks_dir = tmp_path / "tasks"
+    assert launch.main(sweep, _launch_args(tasks_dir=str(tasks_dir)), overrides, repo=str(checkout)) == 0
+    commit = _git(checkout, "rev-parse", "HEAD")
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("sky ")]
+    assert len(commands) == len(sweep.runs) == 4
+    code = tasks_dir / f"code-{commit[:12]}"
+    # The code the workers get is the commit's files, nothing else.
+    shipped = sorted(str(p.relative_to(code)) for p in code.rglob("*") if p.is_file())
+    assert shipped == sorted(_git(checkout, "ls-files").splitlines())
+    for run, argv in zip(sweep.runs, commands):
+        assert argv[:3] == ["sky", "jobs", "launch"] and argv[-1] == str(tasks_dir / f"{run.name}.yaml")
+        task = sky.Task.from_yaml(argv[-1])  # SkyPilot's own schema and resource checks
+        assert argv[argv.index("--name") + 1] == task.name and re.fullmatch(r"[a-z0-9-]+", task.name)
+        (resources,) = task.resources
+        assert resources.accelerators == {"tpu-v4-32": 1} and resources.use_spot
+        assert resources.zone == "us-central2-b" and task.num_nodes == 1
+        assert task.workdir == str(code)
+        assert task.envs["TFDS_DATA_DIR"] == "gs://bucket/tf ds" and task.envs["MNV2_GIT_COMMIT"] == commit
+        assert task.envs["MNV2_DISTRIBUTED"] == "1"
+        # The run line is exactly the run's train command (from the workers' copy of the checkout).
+        train = shlex.split(task.run.splitlines()[-1])
+        assert train == launch.train_command(
+            sweep, run, AWKWARD, overrides, prefix=("python", "-m", "mnv2_jax")
+        )
+        assert train[train.index("--workdir") + 1] == f"{AWKWARD}/{run.name}"
+        parsed = config_lib.parse_override_args([w for w in train if w.startswith("--config.")])
+        assert config_lib.parse_value(parsed["wandb.entity"]) == "o'neil team"
 
-    # The queue scripts: every run once, round-robin over the slices, with its exact arguments.
-    seen = []
-    for k, argv in enumerate(commands[2:]):
-        script = argv[-1]
-        queue = script.split("<<'MNV2_QUEUE_EOF'\n", 1)[1].split("\nMNV2_QUEUE_EOF", 1)[0]
-        runs = [shlex.split(line) for line in queue.splitlines() if line.startswith("run ")]
-        assert [r[1] for r in runs] == [r.name for r in sweep.runs[k::2]]
-        for words in runs:
-            run = sweep.run(words[1])
-            assert words[2:] == launch.train_command(
-                sweep, run, AWKWARD, overrides, prefix=("python3", "-m", "mnv2_jax"), config=sweep.config
-            )
-            assert words[words.index("--workdir") + 1] == f"{AWKWARD}/{run.name}"
-            parsed = config_lib.parse_override_args([w for w in words if w.startswith("--config.")])
-            assert config_lib.parse_value(parsed["wandb.entity"]) == "o'neil team"
-            seen.append(run.name)
-    assert sorted(seen) == sorted(r.name for r in sweep.runs)
+
+def test_launch_refuses_what_the_workers_would_not_run(checkout, tmp_path):
+    sweep = sweeps.load_sweep(str(checkout / "sweeps" / "smoke.py"))
+    tasks_dir = tmp_path / "tasks"
+
+    def attempt(**kw):
+        with pytest.raises(launch.LaunchError) as info:
+            launch.main(sweep, _launch_args(tasks_dir=str(tasks_dir), **kw), {}, repo=str(checkout))
+        assert not tasks_dir.exists()  # refused before anything was written
+        return str(info.value)
+
+    config = checkout / "configs" / "mnist.py"
+    config.write_text(config.read_text() + "# an edit\n")
+    message = attempt()
+    assert "uncommitted changes (configs/mnist.py)" in message and "commit (or stash)" in message
+    assert "uncommitted" in attempt(dry_run=False)  # the same with a real launch: nothing submitted
+    _git(checkout, "checkout", "configs/mnist.py")
+
+    # A config nobody committed: the workers would not have it.
+    (checkout / "configs" / "mine.py").write_text(config.read_text())
+    mine = dataclasses.replace(sweep, config_path=str(checkout / "configs" / "mine.py"))
+    with pytest.raises(launch.LaunchError, match=r"configs/mine.py is not a committed file"):
+        launch.main(mine, _launch_args(tasks_dir=str(tasks_dir)), {}, repo=str(checkout))
+
+    not_a_checkout = tmp_path / "plain"
+    not_a_checkout.mkdir()
+    with pytest.raises(launch.LaunchError, match="ships the code of a git checkout"):
+        launch.main(sweep, _launch_args(tasks_dir=str(tasks_dir)), {}, repo=str(not_a_checkout))
+    assert "gs://BUCKET/PATH" in attempt(workdir="runs/local")
+    assert "v4-32, v5litepod-16" in attempt(tpu="my-tpu-vm")
+    assert not tasks_dir.exists()
 
 
-def test_queue_runs_through_bash(tmp_path, capsys):
-    """Execute the generated remote command with bash and a fake python3: the arguments arrive intact."""
-    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
-    overrides = {"wandb.entity": "o'neil team"}
-    launch.main(sweep, _launch_args(tpu="tpu-a", skip_setup=True), overrides)
-    (command,) = split_commands(capsys.readouterr().out)
-    remote = command[-1]
-    home = tmp_path / "home"
-    (home / ".local" / "bin").mkdir(parents=True)
-    fake = home / ".local" / "bin" / "python3"
-    fake.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\n"
-        f"open(os.environ['ARGV_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-    )
-    fake.chmod(0o755)
-    env = {**os.environ, "HOME": str(home), "ARGV_LOG": str(tmp_path / "argv.jsonl")}
-    out = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    queue_dir = home / "mnv2_sweeps" / sweep.name
-    for _ in range(200):
-        if "queue finished" in (queue_dir / "queue.log").read_text():
-            break
-        time.sleep(0.05)
-    assert "queue finished: 4 runs, 0 failed" in (queue_dir / "queue.log").read_text()
-    assert (queue_dir / "configs" / "mnist.py").read_text() == (REPO / "configs" / "mnist.py").read_text()
-    got = [json.loads(x) for x in (tmp_path / "argv.jsonl").read_text().splitlines()]
-    want = [
-        launch.train_command(sweep, run, AWKWARD, overrides, prefix=("-m", "mnv2_jax"), config=sweep.config)
-        for run in sweep.runs
-    ]
-    assert got == want
+def test_launch_writes_each_runs_manifest_to_the_bucket(checkout, gcs_bucket):
+    from mnv2_jax import workdir as workdir_lib
+
+    sweep = sweeps.load_sweep(str(checkout / "sweeps" / "smoke.py"))
+    root = f"{gcs_bucket}/launched"
+    launch.write_manifests(sweep, root, {"total_steps": "3"})
+    (manifest,) = workdir_lib.read_sweep_manifests(root)
+    assert manifest["runs"] == [run.name for run in sweep.runs]
+    for run in sweep.runs:
+        record = workdir_lib.read_sweep_record(f"{root}/{run.name}")
+        assert record == json.loads(json.dumps(sweeps.sweep_record(sweep, run, {"total_steps": "3"})))
+    with pytest.raises(launch.LaunchError, match=r"--workdir gs://no-such-bucket/x: cannot write gs://"):
+        launch.write_manifests(sweep, "gs://no-such-bucket/x", {})
 
 
 def test_print_commands(tmp_path, capsys):
@@ -541,14 +576,6 @@ def test_print_commands(tmp_path, capsys):
         "--workdir",
         "/data/my runs/w0.35_r96_t6_s0",
     ]
-
-
-def test_launch_without_remote_explains(tmp_path, monkeypatch):
-    sweep = sweeps.load_sweep(str(SWEEPS / "smoke.py"))
-    monkeypatch.setattr(launch, "package_requirement", lambda repo, warn: None)
-    with pytest.raises(ValueError, match="push this repository"):
-        launch.main(sweep, _launch_args(package=None, dry_run=False), {})
-    assert launch.pip_url("git@github.com:me/mnv2.git") == "ssh://git@github.com/me/mnv2.git"
 
 
 # ---------------------------------------------------------------------------------------------

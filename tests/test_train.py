@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from conftest import model_for
 
+import mnv2_jax
 from mnv2_jax import cli, runs
 from mnv2_jax import config as config_lib
 from mnv2_jax import workdir as workdir_lib
@@ -37,6 +38,7 @@ from mnv2_jax.train import loop as train
 from mnv2_jax.train import optim
 from mnv2_jax.train import state as state_lib
 from mnv2_jax.train import step as steps
+from mnv2_jax.train import writer as writer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "mnist.py")
@@ -107,9 +109,15 @@ def assert_states_identical(a: state_lib.TrainState, b: state_lib.TrainState) ->
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(n) for n in names if n.isdigit())
+    """The finished checkpoints' steps. Locally orbax renames a finished step into place; on GCS
+    it writes the step in place and marks it finished with `commit_success.txt`."""
+    directory = workdir_lib.path(workdir, "checkpoints")
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+
+    def finished(name: str) -> bool:
+        return workdir_lib.is_local(directory) or (directory / name / "commit_success.txt").exists()
+
+    return sorted(int(n) for n in names if n.isdigit() and finished(n))
 
 
 @pytest.fixture(scope="module")
@@ -260,8 +268,7 @@ def _assert_same_as_base(workdir: str, base_run) -> None:
     assert without_timing(workdir_lib.read_metrics(workdir)) == without_timing(
         workdir_lib.read_metrics(base_run[0])
     )
-    with open(os.path.join(workdir, "summary.json")) as f:
-        summary = json.load(f)
+    summary = workdir_lib.read_summary(workdir)
     assert without_timing([summary]) == without_timing([json.loads(json.dumps(base_run[1]))])
 
 
@@ -302,6 +309,45 @@ def test_sigterm_checkpoints_and_rerun_is_bit_identical(base_run, tmp_path, data
     summary = train.train_and_evaluate(make_config(data_dir), workdir)
     assert summary["complete"] and summary["step"] == STEPS
     _assert_same_as_base(workdir, base_run)
+
+
+def test_gs_workdir_trains_resumes_after_sigkill_and_plots(base_run, gcs_bucket, tmp_path, data_dir):
+    """A run in a bucket (a local GCS server): killed after its first checkpoint, rerun, bit-identical."""
+    root = f"{gcs_bucket}/sweep"
+    workdir = f"{root}/w0.35_r32"
+    rc, log = _interrupt_after_first_checkpoint(workdir, data_dir, signal.SIGKILL, tmp_path)
+    assert rc == -signal.SIGKILL, log
+    assert workdir_lib.read_summary(workdir) is None and not os.path.exists(os.path.join(REPO, "gs:"))
+    result = subprocess.run(
+        [sys.executable, "-m", "mnv2_jax", *cli_args(workdir, data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed = re.search(rf"resuming {workdir} at step (\d+)/{STEPS}", result.stdout)
+    assert resumed and int(resumed.group(1)) in (10, 20), result.stdout
+    _assert_same_as_base(workdir, base_run)
+    files = sorted(p.name for p in workdir_lib.path(workdir).iterdir())
+    assert files == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+
+    # load_run and the plots read from the bucket too (and the plots go there).
+    module, variables, config = mnv2_jax.load_run(workdir)
+    assert config.total_steps == STEPS
+    assert_states_identical(variables["params"], restore_state(base_run[0]).ema_params)
+    cli.main(["plot", "table", root])
+    table = workdir_lib.path(root, "plots", "table.csv").read_text()
+    top1 = workdir_lib.read_summary(workdir)["eval_ema/top1"]
+    assert len(table.splitlines()) == 2 and f"{top1}" in table, table
+
+
+def test_unwritable_workdir_is_refused_before_training(gcs_bucket, tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for workdir in ("gs://no-such-bucket/run", str(blocker / "run")):
+        with pytest.raises(ValueError, match=rf"^--workdir {re.escape(workdir)}: cannot write there"):
+            train.train_and_evaluate(make_config(data_dir), workdir)
 
 
 def test_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -396,6 +442,71 @@ def test_wandb_offline_writes_run_files(base_run, tmp_path, data_dir, monkeypatc
     assert runs, os.listdir(workdir)
     run_id = read_text(os.path.join(workdir, workdir_lib.WANDB_ID)).strip()
     assert any(run.endswith(run_id) for run in runs)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_wandb_unreachable_server_goes_offline_in_one_line_and_training_goes_on(
+    base_run, tmp_path, data_dir, monkeypatch, capsys
+):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    config = make_config(data_dir, total_steps=40)  # wandb.mode 'auto'
+
+    # The writer alone: the decision takes a refused connection, not wandb's retries.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    start = time.monotonic()
+    writer_lib.MetricWriter(str(alone), {}, config.wandb).close()
+    seconds = time.monotonic() - start
+    assert seconds < 20, f"wandb set-up took {seconds:.1f} s with an unreachable server"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "wandb" in line]
+    assert len(lines) == 1, lines
+    where = lines[0].split("run files in ", 1)[1].split(";", 1)[0]
+    assert "does not answer" in lines[0] and lines[0].endswith(f"wandb sync {where}")
+    assert os.path.isdir(where) and where.startswith(str(alone / "wandb"))
+
+    # A run resumed under the same conditions trains its 10 more steps and logs them offline.
+    workdir = copy_run(base_run, tmp_path)
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["complete"] and summary["step"] == 40
+    assert [r["step"] for r in workdir_lib.read_metrics(workdir)][-1] == 40
+    assert glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))
+
+
+def test_wandb_key_from_a_self_hosted_login(tmp_path, monkeypatch):
+    from mnv2_jax import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine wandb.example.org\n  login user\n  password " + "1" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    port = _closed_port()
+
+    # The login is for wandb.example.org: it counts for that server only.
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert wandb_mode.key_source() == str(netrc)
+    monkeypatch.delenv("WANDB_BASE_URL")
+    assert wandb_mode.key_source() is None  # api.wandb.ai has no entry
+    mode, why = wandb_mode.decide("auto")
+    assert mode == "offline" and "no API key" in why and "api.wandb.ai" in why
+
+    # A self-hosted server on this machine: the key is found, so the server is asked (and is down).
+    netrc.write_text("machine 127.0.0.1 login user password " + "1" * 40 + "\n")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    mode, why = wandb_mode.decide("auto")
+    assert mode == "offline" and "does not answer" in why and str(port) in why
+    assert wandb_mode.decide("disabled") == ("disabled", "config wandb.mode='disabled'")
 
 
 @pytest.mark.parametrize(

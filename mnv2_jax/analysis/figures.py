@@ -7,8 +7,8 @@ notebook shows them with `display(fig)`), saved as PNG and SVG; `make` also writ
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -124,12 +124,49 @@ def _need(points: Sequence[Point], what: str) -> None:
         raise AnalysisError(f"{what}: no complete runs to plot")
 
 
+# What each figure compares, the values it needs at least two of, and the sweep file whose
+# runs provide them: a figure of one value draws a degenerate plot, so it is refused instead.
+SUBJECTS = {
+    "fig5": ("width or resolution", "sweeps/width_resolution.py (or sweeps/smoke.py)"),
+    "fig6a": ("bottleneck_activation", "sweeps/bottleneck_activation.py"),
+    "fig6b": ("residual", "sweeps/residual.py"),
+    "expansion": ("expansion", "sweeps/expansion.py"),
+}
+
+
+def require_subject(kind: str, points: Sequence[Point], source: str = "the runs") -> None:
+    """Raise AnalysisError (one line: what `source` lacks, which sweep file produces it) unless
+    `points` hold at least two values of what figure `kind` compares (for fig5: two points)."""
+    if kind not in SUBJECTS or not points:
+        return
+    subject, sweep_file = SUBJECTS[kind]
+    if kind == "fig5":
+        values = {(p.config.get("width"), p.config.get("resolution")) for p in points}
+        found = ", ".join(f"{_fmt(w)}/{_fmt(r)}" for w, r in sorted(values, key=str))
+        if len(points) < 2:
+            raise AnalysisError(
+                f"fig5: {source} holds one point ({found}); Figure 5 needs runs at two or more "
+                f"widths or resolutions, as {sweep_file} makes"
+            )
+        return
+    values = {p.config.get(subject) for p in points}
+    if kind == "expansion":
+        values = {v for v in values if isinstance(v, float)}
+    if len(values) < 2:
+        found = ", ".join(repr(v) for v in sorted(values, key=str)) or "none"
+        raise AnalysisError(
+            f"{kind}: every run in {source} has the same {subject} ({found}); the figure compares "
+            f"two or more, as {sweep_file} makes"
+        )
+
+
 def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC):
     """Figure 5: top-1 against multiply-adds (log scale); left one curve per resolution (width
     varies along it), right one per width (resolution varies); every point labelled width/res."""
     import matplotlib as mpl
 
     _need(points, "fig5")
+    require_subject("fig5", points)
     fig, (left, right) = _figure(13, 5.2, ncols=2, sharey=True)
     for ax, along, title in (
         (left, "width", "One curve per resolution (points: width multiplier)"),
@@ -205,6 +242,7 @@ def plot_curves(
 
 def plot_fig6a(points: Sequence[Point], metric: str = DEFAULT_METRIC):
     """Figure 6a: eval top-1 through training, linear bottleneck vs ReLU6 in the bottleneck."""
+    require_subject("fig6a", points)
     return plot_curves(
         points, metric, "bottleneck_activation", "Impact of non-linearity (Figure 6a)", "fig6a"
     )
@@ -212,6 +250,7 @@ def plot_fig6a(points: Sequence[Point], metric: str = DEFAULT_METRIC):
 
 def plot_fig6b(points: Sequence[Point], metric: str = DEFAULT_METRIC):
     """Figure 6b: eval top-1 through training for the three residual variants."""
+    require_subject("fig6b", points)
     return plot_curves(points, metric, "residual", "Impact of residual connections (Figure 6b)", "fig6b")
 
 
@@ -224,6 +263,7 @@ def plot_expansion(points: Sequence[Point], metric: str = DEFAULT_METRIC):
                 f"expansion: {p.name} has per-row expansion ratios {p.config.get('expansion')}; not drawn"
             )
     _need(scalar, "expansion")
+    require_subject("expansion", scalar)
     fig, (ax,) = _figure(7.5, 5)
     for label, members in series(scalar, "expansion"):
         x = [p.config["expansion"] for p in members]
@@ -292,13 +332,19 @@ PLOTTERS = {"fig5": plot_fig5, "fig6a": plot_fig6a, "fig6b": plot_fig6b, "expans
 
 
 def save_figure(fig, out: str, stem: str) -> list[str]:
-    os.makedirs(out, exist_ok=True)
+    """PNG and SVG of `fig` in `out` (a local folder or gs://)."""
+    workdir_lib.path(out).mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
-        path = os.path.join(out, f"{stem}.{ext}")
+        path = str(workdir_lib.path(out, f"{stem}.{ext}"))
+        buffer = io.BytesIO()
         fig.savefig(
-            path, dpi=150 if ext == "png" else None, metadata={"Date": None} if ext == "svg" else None
+            buffer,
+            format=ext,
+            dpi=150 if ext == "png" else None,
+            metadata={"Date": None} if ext == "svg" else None,
         )
+        workdir_lib.path(path).write_bytes(buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -309,20 +355,24 @@ def make(
     out: str,
     metric: str = DEFAULT_METRIC,
     log: Callable[[str], None] = _stderr,
+    source: str = "the runs",
 ) -> list[str]:
-    """Aggregate `runs` and write one figure (PNG + SVG) or the table (Markdown + CSV) into `out`."""
+    """Aggregate `runs` and write one figure (PNG + SVG) or the table (Markdown + CSV) into `out`.
+
+    A figure whose subject the runs do not vary is refused (`require_subject`; `source` names
+    where the runs came from in the message)."""
     if kind not in KINDS:
         raise AnalysisError(f"unknown plot {kind!r}; choose from {', '.join(KINDS)}")
     points = aggregate(runs, log=log)
     if kind == "table":
         if not points:
             raise AnalysisError("table: no complete runs")
-        os.makedirs(out, exist_ok=True)
-        paths = [os.path.join(out, "table.md"), os.path.join(out, "table.csv")]
+        workdir_lib.path(out).mkdir(parents=True, exist_ok=True)
+        paths = [str(workdir_lib.path(out, name)) for name in ("table.md", "table.csv")]
         for path, text in zip(paths, (table_markdown(points), table_csv(points))):
-            with open(path, "w") as f:
-                f.write(text)
+            workdir_lib.write_text(path, text)
         return paths
+    require_subject(kind, points, source)
     metric = choose_metric(points, metric, log=log)
     fig = PLOTTERS[kind](with_metric(points, metric, log=log), metric)
     return save_figure(fig, out, kind)

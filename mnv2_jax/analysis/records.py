@@ -230,6 +230,21 @@ def run_from_records(
 # Loading: workdirs
 
 
+def _name(workdir: str) -> str:
+    return (
+        workdir_lib.path(workdir).name
+        if not workdir_lib.is_local(workdir)
+        else os.path.basename(os.path.normpath(workdir))
+    )
+
+
+def _parent(workdir: str) -> str:
+    """The folder holding `workdir` (for gs:// by URL: `os.path` would fold its '//')."""
+    if workdir_lib.is_local(workdir):
+        return os.path.dirname(os.path.normpath(workdir))
+    return str(workdir_lib.path(workdir).parent)
+
+
 def find_run_dirs(root: str, depth: int = 2) -> list[str]:
     """`root` itself if it is a run directory, else the run directories below it (sorted)."""
     if not workdir_lib.path(root).is_dir():
@@ -240,7 +255,7 @@ def find_run_dirs(root: str, depth: int = 2) -> list[str]:
     for child in sorted(workdir_lib.path(root).iterdir(), key=lambda c: c.name):
         if child.name.startswith(".") or child.name in NOT_RUNS or not child.is_dir():
             continue
-        path = os.path.join(root, child.name)
+        path = os.path.join(root, child.name) if workdir_lib.is_local(root) else str(child)
         if workdir_lib.is_run_dir(path):
             found.append(path)
         elif depth > 1:
@@ -258,7 +273,7 @@ def _progress(records: list[dict[str, Any]], config: dict[str, Any]) -> str:
 
 def read_run(workdir: str) -> Run | str:
     """The `Run` of a finished workdir, or the reason it is not one (a string)."""
-    name = os.path.basename(os.path.normpath(workdir))
+    name = _name(workdir)
     try:
         config = workdir_lib.read_config(workdir) or {}
     except (OSError, ValueError):
@@ -284,13 +299,13 @@ def load_runs(roots: Sequence[str], log: Callable[[str], None] = _stderr) -> lis
         if not dirs:
             log(f"{root}: no run directories found")
         for workdir in dirs:
-            real = os.path.realpath(workdir)
+            real = os.path.realpath(workdir) if workdir_lib.is_local(workdir) else workdir
             if real in seen:
                 continue
             seen.add(real)
             result = read_run(workdir)
             if isinstance(result, str):
-                log(f"skipping run {os.path.basename(os.path.normpath(workdir))} ({workdir}): {result}")
+                log(f"skipping run {_name(workdir)} ({workdir}): {result}")
             else:
                 runs.append(result)
         for message in missing_runs(dirs, [root]):
@@ -301,14 +316,14 @@ def load_runs(roots: Sequence[str], log: Callable[[str], None] = _stderr) -> lis
 def missing_runs(workdirs: Sequence[str], roots: Sequence[str] = ()) -> list[str]:
     """Runs of the sweeps these workdirs belong to that have no folder next to them (a sweep cut
     short before starting them), from the sweep manifests in `roots` and in the workdirs' parents."""
-    parents = {os.path.dirname(os.path.normpath(w)) for w in workdirs} | set(roots)
+    parents = {_parent(w) for w in workdirs} | set(roots)
     messages = []
     for parent in sorted(parents):
         for manifest in workdir_lib.read_sweep_manifests(parent):
             for run in manifest.get("runs", []):
                 if not workdir_lib.path(parent, run).is_dir():
                     messages.append(
-                        f"missing run {run} of sweep {manifest.get('sweep')}: no workdir {os.path.join(parent, run)}"
+                        f"missing run {run} of sweep {manifest.get('sweep')}: no workdir {workdir_lib.path(parent, run)}"
                     )
     return messages
 

@@ -10,8 +10,7 @@ import argparse
 import os
 import sys
 
-# TensorFlow (tf.data, export) is chatty on import; keep its C++ logs to warnings and up.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mnv2_jax import quiet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_parser(sub).set_defaults(func=plot.main)
     interop.add_parser(sub)
     memory.add_parser(sub)
+    for name in _COMPUTE_COMMANDS:
+        _add_verbose(sub.choices[name])
     return parser
 
 
@@ -38,11 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
 _COMPUTE_COMMANDS = ("train", "eval", "bench", "sweep", "memory", "export")
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """`--verbose` on `parser`, or on each of its subcommands (`mnv2 sweep run ... --verbose`)."""
+    children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in children:
+        for child in action.choices.values():
+            _add_verbose(child)
+    if not children:
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help=f"also show TensorFlow's start-up logs (or set {quiet.ENV_VAR}=1)",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ[quiet.ENV_VAR] = "1"  # the environment reaches the restarted and child processes
+    if not quiet.verbose():
+        # TensorFlow (tf.data, export) keeps its C++ logs to warnings and up.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if from_command_line and args.command in _COMPUTE_COMMANDS:
             # Only a real `mnv2`/`python -m mnv2_jax` process restarts itself;

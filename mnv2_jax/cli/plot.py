@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> list[str]:
         out = os.path.join(args.roots[0], "plots")
     else:
         out = os.path.join("plots", parse_wandb_path(args.wandb)[0].replace("/", "_"))
-    paths = make(args.kind, runs, out, metric=args.metric)
+    source = " ".join([*args.roots, *([f"--wandb {args.wandb}"] if args.wandb else [])])
+    paths = make(args.kind, runs, out, metric=args.metric, source=source)
     for path in paths:
         print(path)
     return paths

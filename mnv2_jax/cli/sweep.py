@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -40,18 +39,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     q = s.add_parser(
         "launch",
-        help="start the sweep on Cloud TPU slices (gcloud), or print one train command per run",
-        description="Extra --config.KEY=VALUE arguments apply to every run.",
+        help="submit the sweep to Cloud TPU (one SkyPilot managed job per run), or print one train command per run",
+        description=(
+            "Extra --config.KEY=VALUE arguments apply to every run. The workers run the commit this "
+            "checkout is at (uncommitted changes are refused)."
+        ),
     )
     q.add_argument("file")
-    q.add_argument("--tpu", default=None, help="TPU VM name(s), comma-separated: runs go round-robin")
-    q.add_argument("--zone", default=None)
-    q.add_argument("--project", default=None, help="Google Cloud project (default: gcloud's)")
-    q.add_argument("--workdir", default=None, help="runs root (gs://... for multi-host slices)")
-    q.add_argument("--data-dir", default=None, help="TFDS_DATA_DIR on the workers")
-    q.add_argument("--package", default=None, help="pip requirement to install instead of this git commit")
-    q.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
-    q.add_argument("--skip-setup", action="store_true", help="do not (re)install the package on the workers")
+    q.add_argument("--tpu", default=None, help="TPU type per run, e.g. v4-32, v5litepod-16, v6e-8")
+    q.add_argument("--workdir", default=None, help="runs root, gs://BUCKET/PATH: one folder per run")
+    q.add_argument("--data-dir", default=None, help="TFDS_DATA_DIR on the workers (gs://BUCKET/tfds)")
+    q.add_argument("--use-spot", action="store_true", help="spot TPUs; SkyPilot recovers preempted runs")
+    q.add_argument("--zone", default=None, help="GCP zone (default: wherever SkyPilot finds the TPU)")
+    q.add_argument("--region", default=None, help="GCP region (default: any)")
+    q.add_argument(
+        "--tasks-dir", default=None, help="where the task YAMLs and the code go (default sky_tasks/NAME)"
+    )
+    q.add_argument(
+        "--dry-run", action="store_true", help="write the task YAMLs, print the commands, submit nothing"
+    )
     q.add_argument(
         "--print-commands",
         action="store_true",
@@ -132,11 +138,12 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
 
         code = local.run_sweep(sweep, args.workdir, overrides, parallel=args.parallel).exit_code
         if args.plot:
+            from mnv2_jax import workdir as workdir_lib
             from mnv2_jax.analysis import figures, records
 
             runs = records.load_runs([args.workdir])
             for kind in args.plot.split(","):
-                for path in figures.make(kind.strip(), runs, os.path.join(args.workdir, "plots")):
+                for path in figures.make(kind.strip(), runs, str(workdir_lib.path(args.workdir, "plots"))):
                     print(f"wrote {path}")
         return code
     if command == "launch":

@@ -12,7 +12,11 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     config = config_lib.load_config(args.config)
     config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
     config_lib.validate_config(config)  # a bad value fails here, before JAX loads
+    # The dataset next: one that is missing or cannot be downloaded fails in seconds, before
+    # the training stack (Flax, Optax, Orbax) loads.
+    from mnv2_jax import tasks
 
+    tasks.get_task(config).dataset_info()
     from mnv2_jax.train import loop as train
 
     train.train_and_evaluate(config, args.workdir, overwrite=args.overwrite, profile=args.profile)

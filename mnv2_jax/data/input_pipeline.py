@@ -39,12 +39,20 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from mnv2_jax.data.datasets import LOCAL_DATASETS, MANUAL_DATASETS
+from mnv2_jax.data.image_ops import (  # noqa: F401 - part of this module's interface
+    _tf,
+    central_crop_window,
+    image_decoder,
+    inception_crop_window,
+    preprocess_eval,
+    preprocess_train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,7 @@ class InputConfig:
     num_eval_examples: int | None = None  # None: from the builder's split info
     resolution: int = 224
     batch_size: int = 96  # global, over all processes
+    data_shards: int | None = None  # parts the input streams split into; None: one per process
     eval_batch_size: int | None = None  # None: batch_size
     shuffle_buffer: int = 16_384
     seed: int = 0
@@ -129,6 +138,11 @@ class InputConfig:
             raise ValueError(f"eval_crop must be in (0, 1], not {self.eval_crop}")
         if self.resolution < 1 or self.batch_size < 1:
             raise ValueError("resolution and batch_size must be positive")
+        if self.data_shards is not None and (self.data_shards < 1 or self.batch_size % self.data_shards):
+            raise ValueError(
+                f"config key 'data_shards': must be >= 1 and divide batch_size={self.batch_size}, "
+                f"got {self.data_shards}"
+            )
 
     @property
     def global_eval_batch_size(self) -> int:
@@ -151,25 +165,19 @@ _AUGMENT_KEYS = (
 # Datasets: finding, preparing and describing them.
 
 
-def _tf():
-    """Import TensorFlow with GPUs hidden: JAX owns the accelerators, tf.data runs on the host."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # devices already initialised (hidden by an earlier call, or by the user)
-        pass
-    return tf
-
-
 def _builder(settings: InputConfig):
-    """The TFDS builder for `settings.dataset`, with the ValueErrors a user can act on."""
-    _tf()
+    """The TFDS builder for `settings.dataset`, with the ValueErrors a user can act on.
+
+    TensorFlow is imported (GPUs hidden) only once the dataset is known to be at hand or
+    downloadable: finding the builder and checking the download host need TFDS alone, so a
+    dataset that cannot be had fails without the seconds TensorFlow takes to load.
+    """
     import tensorflow_datasets as tfds
 
     name = settings.dataset
     base_name = name.split(":")[0].split("/")[0]  # 'mnist_seg_offline/tiny:1.0.0' -> 'mnist_seg_offline'
     if base_name in LOCAL_DATASETS:
+        _tf()  # before TFDS writes anything with it
         module = importlib.import_module(LOCAL_DATASETS[base_name])  # registers the name with TFDS
         module.ensure_prepared(settings.data_dir, name)
     if base_name in MANUAL_DATASETS:
@@ -184,16 +192,28 @@ def _builder(settings: InputConfig):
             f"Closest names: {close or 'none'}; e.g. {list(EXAMPLE_DATASETS)}. "
             "`tfds.list_builders()` lists them all."
         ) from error
-    if not builder.is_prepared() and settings.download:
+    if not is_prepared(builder) and settings.download:
         _download_and_prepare(builder)
-    if not builder.is_prepared() and not _readable(builder, settings.train_split):
+    _tf()
+    if not is_prepared(builder) and not _readable(builder, settings.train_split):
         raise ValueError(_not_prepared_message(builder))
     return builder
+
+
+def is_prepared(builder) -> bool:
+    """`builder.is_prepared()`, without the warning TFDS logs when the dataset's folder is absent."""
+    return builder.data_path.exists() and builder.is_prepared()
 
 
 def _download_and_prepare(builder) -> None:
     import filelock
 
+    from mnv2_jax.data import download
+
+    # Fail in seconds, before anything is written, when the download host does not answer
+    # (TFDS itself would retry for minutes).
+    download.check_reachable(builder)
+    _tf()
     root = os.fspath(builder.data_dir_root)
     os.makedirs(root, exist_ok=True)
     with filelock.FileLock(os.path.join(root, f"{builder.name}.lock")):
@@ -291,10 +311,38 @@ def _process() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def _local_batch(global_batch: int, process_count: int, what: str) -> int:
-    if global_batch % process_count:
-        raise ValueError(f"{what} {global_batch} is not divisible by the {process_count} processes")
-    return global_batch // process_count
+def _shards(settings: InputConfig) -> tuple[list[int], int]:
+    """`(this process's shard indices, shard count)`: process i of P reads shards i*S/P ... (i+1)*S/P - 1.
+
+    Each shard is a stream of its own (a part of the split, its own shuffling and augmentation keys)
+    that fills a contiguous slice of every global batch. The default is one shard per process. A
+    fixed `data_shards` makes the global batches independent of how many processes read them:
+    one process reading 2 shards yields what 2 processes reading one each yield together.
+    """
+    process_index, process_count = _process()
+    count = settings.data_shards or process_count
+    if count % process_count:
+        raise ValueError(
+            f"config key 'data_shards': {count} shards do not divide over {process_count} processes; "
+            "use a multiple of the process count"
+        )
+    per_process = count // process_count
+    return list(range(process_index * per_process, (process_index + 1) * per_process)), count
+
+
+def _concat(batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return (
+        batches[0] if len(batches) == 1 else {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    )
+
+
+def _local_batch(global_batch: int, parts: int, what: str) -> int:
+    if global_batch % parts:
+        raise ValueError(
+            f"{what} {global_batch} is not divisible by the {parts} input shards "
+            "(one per process unless config key 'data_shards' says otherwise)"
+        )
+    return global_batch // parts
 
 
 def _should_cache(settings: InputConfig, builder) -> bool:
@@ -334,153 +382,6 @@ def _options():
 
 
 # --------------------------------------------------------------------------------------------------
-# Preprocessing: pure TensorFlow functions of an encoded image (and a stateless key for training).
-
-
-def image_decoder(feature) -> Callable:
-    """`decode(encoded, window_fn) -> uint8 (h, w, 3)`, cropping to `window_fn(shape)` if one is given.
-
-    JPEGs (ImageNet) are decoded only inside the crop window (`decode_and_crop_jpeg`), the main
-    cost of an ImageNet input pipeline; other formats are decoded whole, then sliced.
-    """
-    tf = _tf()
-    jpeg = feature is None or getattr(feature, "encoding_format", None) == "jpeg"
-
-    def decode(encoded, window_fn=None):
-        if jpeg:
-            if window_fn is None:
-                return tf.io.decode_jpeg(encoded, channels=3)
-            window = tf.stack(window_fn(tf.io.extract_jpeg_shape(encoded)))
-            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-        image = feature.decode_example(encoded)
-        if window_fn is not None:
-            y, x, h, w = window_fn(tf.shape(image))
-            image = image[y : y + h, x : x + w]
-        return _to_rgb(image)
-
-    return decode
-
-
-def _to_rgb(image):
-    tf = _tf()
-    channels = image.shape[-1]
-    if channels == 1:
-        return tf.image.grayscale_to_rgb(image)
-    if channels == 4:
-        return image[..., :3]
-    return image
-
-
-def central_crop_window(shape, fraction: float):
-    """`(y, x, h, w)` of TF's `tf.image.central_crop(image, fraction)` (as TF-Slim's eval) on `shape`.
-
-    Start offsets are truncated, `int((size - size * fraction) / 2)`, and the crop is what remains.
-    """
-    tf = _tf()
-    size = tf.cast(shape[:2], tf.float64)
-    start = tf.cast((size - size * fraction) / 2, tf.int32)
-    extent = tf.cast(shape[:2], tf.int32) - 2 * start
-    return start[0], start[1], extent[0], extent[1]
-
-
-def inception_crop_window(shape, key, settings: InputConfig):
-    """`(y, x, h, w)` of TF-Slim's `distorted_bounding_box_crop`, with a stateless sampler."""
-    tf = _tf()
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.cast(shape, tf.int32),
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4]),
-        seed=key,
-        min_object_covered=settings.min_object_covered,
-        aspect_ratio_range=settings.aspect_ratio_range,
-        area_range=settings.area_range,
-        max_attempts=100,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return begin[0], begin[1], size[0], size[1]
-
-
-def distort_color(image, key):
-    """TF-Slim's `distort_color` (not fast mode), stateless: brightness, saturation, hue and contrast
-    in one of four random orders, then clipped. `image` is float in [0, 1] with 3 channels."""
-    tf = _tf()
-    order_key, *keys = tf.unstack(tf.random.experimental.stateless_split(key, 5))
-
-    def brightness(x):
-        return tf.image.stateless_random_brightness(x, 32.0 / 255.0, keys[0])
-
-    def saturation(x):
-        return tf.image.stateless_random_saturation(x, 0.5, 1.5, keys[1])
-
-    def hue(x):
-        return tf.image.stateless_random_hue(x, 0.2, keys[2])
-
-    def contrast(x):
-        return tf.image.stateless_random_contrast(x, 0.5, 1.5, keys[3])
-
-    orders = (
-        (brightness, saturation, hue, contrast),
-        (saturation, brightness, contrast, hue),
-        (contrast, hue, brightness, saturation),
-        (hue, saturation, contrast, brightness),
-    )
-
-    def apply(ops):
-        def fn():
-            x = image
-            for op in ops:
-                x = op(x)
-            return x
-
-        return fn
-
-    choice = tf.random.stateless_uniform([], order_key, 0, len(orders), dtype=tf.int32)
-    distorted = tf.switch_case(choice, [apply(ops) for ops in orders])
-    distorted.set_shape(image.shape)
-    return tf.clip_by_value(distorted, 0.0, 1.0)
-
-
-def _finish(image, resolution: int):
-    """uint8 RGB -> float32 resolution x resolution in [0, 1] (bilinear, as TF-Slim)."""
-    tf = _tf()
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    image = tf.image.resize(image, [resolution, resolution], method="bilinear")
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _to_unit_range(image):
-    return (image - 0.5) * 2.0
-
-
-def preprocess_train(encoded, key, settings: InputConfig, decode: Callable):
-    """One training image: decode, crop (per `augment.crop`), resize, flip, colour; in [-1, 1]."""
-    tf = _tf()
-    crop_key, flip_key, color_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
-    if settings.crop == "inception":
-        image = decode(encoded, lambda shape: inception_crop_window(shape, crop_key, settings))
-    elif settings.crop == "pad_crop":
-        image = decode(encoded)
-        pad = settings.pad
-        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode=settings.pad_mode.upper())
-        image = tf.image.stateless_random_crop(padded, tf.shape(image), crop_key)
-    else:
-        image = decode(encoded)
-    image = _finish(image, settings.resolution)
-    if settings.flip:
-        image = tf.image.stateless_random_flip_left_right(image, flip_key)
-    if settings.color_distort:
-        image = distort_color(image, color_key)
-    return _to_unit_range(image)
-
-
-def preprocess_eval(encoded, settings: InputConfig, decode: Callable):
-    """One evaluation image: TF-Slim's central crop (`eval_crop`), bilinear resize; in [-1, 1]."""
-    window_fn = None
-    if settings.eval_crop < 1.0:
-        window_fn = lambda shape: central_crop_window(shape, settings.eval_crop)  # noqa: E731
-    return _to_unit_range(_finish(decode(encoded, window_fn), settings.resolution))
-
-
-# --------------------------------------------------------------------------------------------------
 # Iterators.
 
 
@@ -498,22 +399,21 @@ def _train_examples(
     start_step: int,
     steps: int,
     local_batch: int,
+    shard: int,
+    shards: int,
     features: tuple[str, ...] = ("image", "label"),
 ):
-    """The stream of `(epoch, position, example)` that training reads from `start_step` on, undecoded."""
+    """The stream of `(epoch, position, example)` of one shard from `start_step` on, undecoded."""
     tf = _tf()
     import tensorflow_datasets as tfds
 
-    process_index, process_count = _process()
-    split = tfds.split_for_jax_process(
-        settings.train_split, process_index=process_index, process_count=process_count
-    )
+    split = tfds.split_for_jax_process(settings.train_split, process_index=shard, process_count=shards)
     base = _read(builder, split, cache=_should_cache(settings, builder), features=features)
     # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
     # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
     # config.seed alone, so the global seed is cleared (anyone who set one loses it here).
     tf.random.set_seed(None)
-    shuffle_key = _base_key(settings.seed, process_index, 0)
+    shuffle_key = _base_key(settings.seed, shard, 0)
     per_epoch = steps * local_batch
     start_epoch, skip = divmod(start_step, steps)
 
@@ -535,8 +435,9 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     """Endless per-process train batches from global step `start_step` on.
 
     Yields `{'image': float32 (B, R, R, 3) in [-1, 1], 'label': int32 (B,)}` with
-    B = batch_size // jax.process_count(). The batch at step k depends only on (config, k): resuming
-    at k gives bitwise the batches an uninterrupted run reads after consuming k batches.
+    B = batch_size // jax.process_count(). The batch at step k depends only on (config, k) and the
+    shard count (`data_shards`, default the process count): resuming at k gives bitwise the batches
+    an uninterrupted run reads after consuming k batches.
     """
     tf = _tf()
     import tensorflow_datasets as tfds
@@ -544,23 +445,33 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     settings = InputConfig.from_config(config)
     builder = _builder(settings)
     steps = max(1, _num_train_examples(settings, builder) // settings.batch_size)
-    process_index, process_count = _process()
-    local_batch = _local_batch(settings.batch_size, process_count, "batch_size")
+    mine, shards = _shards(settings)
+    shard_batch = _local_batch(settings.batch_size, shards, "batch_size")
     decode = image_decoder(builder.info.features["image"])
-    augment_key = _base_key(settings.seed, process_index, 1)
 
-    def preprocess(e, i, ex):
-        key = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(augment_key, e), i
+    def shard_batches(shard: int):
+        augment_key = _base_key(settings.seed, shard, 1)
+
+        def preprocess(e, i, ex):
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(augment_key, e), i
+            )
+            return {
+                "image": preprocess_train(ex["image"], key, settings, decode),
+                "label": tf.cast(ex["label"], tf.int32),
+            }
+
+        ds = _train_examples(settings, builder, start_step, steps, shard_batch, shard, shards)
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(shard_batch, drop_remainder=True)
+
+    if len(mine) == 1:
+        ds = shard_batches(mine[0])
+    else:  # this process's shards side by side: one slice of the global batch each
+        ds = tf.data.Dataset.zip(tuple(shard_batches(k) for k in mine)).map(
+            lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
         )
-        return {
-            "image": preprocess_train(ex["image"], key, settings, decode),
-            "label": tf.cast(ex["label"], tf.int32),
-        }
-
-    ds = _train_examples(settings, builder, start_step, steps, local_batch)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     return iter(tfds.as_numpy(ds.with_options(_options())))
 
 
@@ -576,16 +487,15 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
 
     settings = InputConfig.from_config(config)
     builder = _builder(settings)
-    process_index, process_count = _process()
-    local_batch = _local_batch(settings.global_eval_batch_size, process_count, "eval_batch_size")
+    mine, shards = _shards(settings)
+    shard_batch = _local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = _eval_split(settings, builder)
-    split = tfds.split_for_jax_process(split_name, process_index=process_index, process_count=process_count)
     num_batches = None
-    if process_count > 1:
+    if shards > 1:
         total = settings.num_eval_examples or _split_size(builder, split_name)
         if total is None:
             raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = _ceil_div(_ceil_div(total, process_count), local_batch)  # of the largest part
+        num_batches = _ceil_div(_ceil_div(total, shards), shard_batch)  # of the largest part
     decode = image_decoder(builder.info.features["image"])
 
     def preprocess(ex):
@@ -595,10 +505,16 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
             "mask": tf.constant(1.0, tf.float32),
         }
 
-    ds = _read(builder, split, cache=False)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
-    return _padded(tfds.as_numpy(ds.with_options(_options())), local_batch, num_batches)
+    def shard_batches(shard: int):
+        split = tfds.split_for_jax_process(split_name, process_index=shard, process_count=shards)
+        ds = _read(builder, split, cache=False)
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(shard_batch).prefetch(tf.data.AUTOTUNE)
+        return _padded(tfds.as_numpy(ds.with_options(_options())), shard_batch, num_batches)
+
+    if len(mine) == 1:
+        return shard_batches(mine[0])
+    return (_concat(parts) for parts in zip(*(shard_batches(k) for k in mine)))
 
 
 def _ceil_div(a: int, b: int) -> int:

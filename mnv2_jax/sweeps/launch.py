@@ -1,23 +1,26 @@
-"""Running a sweep elsewhere: Cloud TPU slices, plain command lines, W&B sweeps and agents.
+"""Running a sweep elsewhere: Cloud TPU through SkyPilot, plain command lines, W&B sweeps and agents.
 
-Cloud TPU (`mnv2 sweep launch FILE --tpu A[,B...] --zone Z [--dry-run]`)
-  1. setup, once per TPU VM, on every worker (`gcloud compute tpus tpu-vm ssh ... --worker=all`):
-     `pip install 'jax[tpu]'` and this repository at the exact local git commit
-     (`git+<origin url>@<commit>`; push first), and `~/mnv2_sweeps/env.sh` exporting
-     TFDS_DATA_DIR when `--data-dir` is given;
-  2. one queue per slice: the runs are dealt round-robin over the slices; each slice gets a
-     single shell script, written on every worker through a heredoc and started detached
-     (`setsid nohup bash queue.sh >> queue.log 2>&1 &`), that trains the slice's runs one
-     after the other in the same order on every worker -- the workers of a multi-host slice
-     step through the same runs together (each run is one `jax.distributed` job), and the
-     queue keeps going after the laptop disconnects. The config file travels inside the
-     queue (configs are not part of the installed package), so the workers train exactly
-     the config that `mnv2 sweep list` validated here. Launching again restarts nothing that
-     is still running (a pid file guards each queue); after a preemption it resumes: complete
-     runs return at once, interrupted ones resume from their checkpoints.
-  Every command is built as an argument list and printed with `shlex.join`, so names,
-  paths and values with spaces or quotes survive the local shell, the remote shell and the
-  queue script unchanged.
+Cloud TPU (`mnv2 sweep launch FILE --tpu v4-32 --workdir gs://B/runs --data-dir gs://B/tfds
+[--use-spot] [--zone Z] [--dry-run]`): one SkyPilot managed job per run (`sky jobs launch`), so
+SkyPilot queues the runs, provisions the slice, and after a spot preemption or a failed host
+brings up another slice and reruns the command, which resumes from the run's gs:// checkpoint.
+Every run gets a task YAML under `--tasks-dir` (default `sky_tasks/<sweep>`):
+
+* `workdir`: the launched commit, exported with `git archive` (SkyPilot uploads it to every
+  host). The launcher refuses, before it writes or submits anything, when the workers would not
+  run what the user sees: uncommitted changes in tracked files, a CONFIG file outside the
+  checkout or not committed, no git checkout at all. The commit goes to the workers as
+  MNV2_GIT_COMMIT, so each run's config.json records it.
+* `setup`: a Python 3.11 environment (uv) with `jax[tpu]` and that code installed.
+* `run`: `python -m mnv2_jax train --config CONFIG --workdir ROOT/<run> ...`, on every host of
+  the slice (`MNV2_DISTRIBUTED=1`: `jax.distributed.initialize()` finds the other hosts).
+* `envs`: TFDS_DATA_DIR (`--data-dir`), a compilation cache shared by the sweep's runs
+  (ROOT/.jax_cache); WANDB_API_KEY goes as a SkyPilot secret when it is set here.
+
+Before submitting, the launcher writes each run's `sweep.json` into ROOT/<run> (so a workdir
+the launcher cannot write is refused before any job exists) and checks every YAML with
+SkyPilot's own loader. `--dry-run` writes the YAMLs and the code, prints the commands, and
+submits nothing. Follow the jobs with `sky jobs queue` and `sky jobs logs ID`.
 
 Anywhere else (`--print-commands`): one `mnv2 train ...` line per run, e.g. for a Slurm array
 (`sed -n "${SLURM_ARRAY_TASK_ID}p" commands.txt | bash`).
@@ -40,13 +43,16 @@ host trains the same run in ROOT/<run name>, logging to the run the server creat
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,46 +60,86 @@ from mnv2_jax import workdir as workdir_lib
 from mnv2_jax.sweeps import sweep_file as sweeps
 from mnv2_jax.sweeps.sweep_file import Run, Sweep
 
-REMOTE_DIR = "mnv2_sweeps"  # under the workers' $HOME
 PAYLOAD_BYTES = 16384  # broadcast size of one agent job (JSON)
 DEFAULT_METRIC = "eval_ema/top1"
+PYTHON = "3.11"  # the workers' Python (TPU VM images bring an older one)
+# TPU VM software versions per TPU generation (Cloud TPU documentation).
+RUNTIME_VERSIONS = {
+    "v2": "tpu-ubuntu2204-base",
+    "v3": "tpu-ubuntu2204-base",
+    "v4": "tpu-ubuntu2204-base",
+    "v5litepod": "v2-alpha-tpuv5-lite",
+    "v5p": "v2-alpha-tpuv5",
+    "v6e": "v2-alpha-tpuv6e",
+}
+SECRETS = ("WANDB_API_KEY",)  # passed to the workers when set here, never written to a YAML
+
+
+class LaunchError(ValueError):
+    """The launch cannot ship what the user would expect; nothing was written or submitted."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Where the package comes from
+# The code the workers run: the commit the user launches from
 
 
 def _git(*args: str, cwd: str | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def pip_url(remote: str) -> str:
-    """A git remote as pip's VCS URL: `git@host:owner/repo.git` becomes `ssh://git@host/owner/repo.git`."""
-    if "://" not in remote and ":" in remote and "@" in remote.split(":", 1)[0]:
-        user_host, path = remote.split(":", 1)
-        remote = f"ssh://{user_host}/{path}"
-    return remote
+def package_checkout() -> str | None:
+    """The git checkout this package is imported from (an editable install), or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return _git("rev-parse", "--show-toplevel", cwd=here)
 
 
-def package_requirement(repo_dir: str, warn: Callable[[str], None]) -> str | None:
-    """`git+<origin>@<commit>` for the local HEAD, or None when there is no remote."""
-    commit = _git("rev-parse", "HEAD", cwd=repo_dir)
-    if commit is None:
-        return None
-    remote = _git("remote", "get-url", "origin", cwd=repo_dir)
-    if _git("status", "--porcelain", "--untracked-files=no", cwd=repo_dir):
-        warn(
-            f"the working tree has uncommitted changes: the workers install commit {commit[:12]} without them"
+def launch_commit(repo: str | None, config_file: str) -> str:
+    """The commit of `repo` to ship; LaunchError when the workers would run anything else.
+
+    `config_file` (the sweep's CONFIG, absolute) must be a committed file of the checkout: it
+    travels with the code, not with the command line.
+    """
+    if repo is None or _git("rev-parse", "--is-inside-work-tree", cwd=repo) != "true":
+        raise LaunchError(
+            "mnv2 sweep launch ships the code of a git checkout, and this package is not imported "
+            "from one: clone the repository, `pip install -e .` there, and launch from it"
         )
-    if remote is None:
-        return None
-    if not _git("branch", "-r", "--contains", commit, cwd=repo_dir):
-        warn(f"commit {commit[:12]} is on no remote branch that git knows of: push it before launching")
-    return f"git+{pip_url(remote)}@{commit}"
+    commit = _git("rev-parse", "HEAD", cwd=repo)
+    if commit is None:
+        raise LaunchError(f"{repo}: no commit yet; commit the code to launch")
+    changed = _git("diff", "--name-only", "HEAD", cwd=repo)  # staged or not
+    if changed:
+        files = ", ".join(changed.splitlines()[:5]) + (", ..." if len(changed.splitlines()) > 5 else "")
+        raise LaunchError(
+            f"{repo} has uncommitted changes ({files}); the workers run commit {commit[:12]} "
+            "without them: commit (or stash) them, then launch again"
+        )
+    relative = os.path.relpath(os.path.realpath(config_file), os.path.realpath(repo))
+    if relative.startswith(os.pardir) or _git("ls-files", "--error-unmatch", relative, cwd=repo) is None:
+        raise LaunchError(
+            f"CONFIG {config_file} is not a committed file of {repo}: the workers would not have it; "
+            "add and commit it (configs/ is the place), then launch again"
+        )
+    return commit
+
+
+def export_commit(repo: str, commit: str, dest: str) -> str:
+    """The files of `commit` (`git archive`) in `dest/code-<commit>`: what SkyPilot uploads."""
+    code = os.path.join(dest, f"code-{commit[:12]}")
+    if not os.path.isdir(code):
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit], cwd=repo, capture_output=True, check=True
+        ).stdout
+        tmp = code + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp, code)
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,209 +168,207 @@ def print_commands(sweep: Sweep, root: str, global_overrides: dict[str, Any] | N
     return [shlex.join(train_command(sweep, run, root, global_overrides)) for run in sweep.runs]
 
 
-def ssh_command(tpu: str, zone: str, project: str | None, remote_command: str) -> list[str]:
-    argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, "--zone", zone]
-    if project:
-        argv += ["--project", project]
-    return [*argv, "--worker=all", "--command", remote_command]
+# ---------------------------------------------------------------------------------------------
+# SkyPilot tasks
 
 
-def setup_script(requirement: str, data_dir: str | None) -> str:
-    """Install jax[tpu] and this exact commit; remember TFDS_DATA_DIR for the queues."""
-    q = shlex.quote
-    lines = [
-        "set -e",
-        f"mkdir -p ~/{REMOTE_DIR}",
-        f"python3 -m pip install --quiet --upgrade {q('jax[tpu]')} {q(requirement)}",
-        # Same version number, another commit: pip would keep the old one without this.
-        f"python3 -m pip install --quiet --no-deps --force-reinstall {q(requirement)}",
-    ]
-    env_line = f"export TFDS_DATA_DIR={q(data_dir)}" if data_dir else "# no --data-dir: TFDS default"
-    lines.append(f"echo {q(env_line)} > ~/{REMOTE_DIR}/env.sh")
-    lines.append('echo "$(hostname): mnv2_jax installed"')
-    return "\n".join(lines)
-
-
-def _heredoc_delimiter(tag: str, *texts: str) -> str:
-    delimiter = f"MNV2_{tag}_EOF"
-    while any(delimiter in text for text in texts):
-        delimiter += "_"
-    return delimiter
-
-
-def queue_script(
-    sweep: Sweep,
-    runs: Sequence[Run],
-    root: str,
-    config: str,
-    global_overrides: dict[str, Any] | None,
-    label: str,
-) -> str:
-    """A bash script that trains `runs` one after the other (same order on every worker)."""
-    q = shlex.quote
-    lines = [
-        "#!/bin/bash",
-        f"# mnv2 sweep {sweep.name}, {label}: {len(runs)} runs, one after the other, on every worker.",
-        "# Written by `mnv2 sweep launch`; launching again resumes (complete runs return at once).",
-        'cd "$(dirname "$0")"',
-        "echo $$ > queue.pid",
-        "trap 'rm -f queue.pid' EXIT",
-        f'[ -f "$HOME/{REMOTE_DIR}/env.sh" ] && . "$HOME/{REMOTE_DIR}/env.sh"',
-        'export JAX_COMPILATION_CACHE_DIR="$PWD/.jax_cache"',
-        'export PATH="$HOME/.local/bin:$PATH"',
-        "mkdir -p logs",
-        "failed=0",
-        "run() {",
-        "  local name=$1; shift",
-        '  echo "$(date -u +%FT%TZ) start $name"',
-        '  if "$@" >> "logs/$name.log" 2>&1; then',
-        '    echo "$(date -u +%FT%TZ) done $name"',
-        "  else",
-        '    echo "$(date -u +%FT%TZ) FAILED $name (exit $?): $PWD/logs/$name.log"',
-        "    failed=$((failed + 1))",
-        "  fi",
-        "}",
-    ]
-    for run in runs:
-        argv = train_command(
-            sweep, run, root, global_overrides, prefix=("python3", "-m", "mnv2_jax"), config=config
+def tpu_accelerator(tpu: str) -> tuple[str, str]:
+    """`--tpu v4-32` as SkyPilot's accelerator name and the TPU VM software version."""
+    name = tpu.strip().lower().removeprefix("tpu-")
+    match = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", name)
+    if not match or match.group(1) not in RUNTIME_VERSIONS:
+        raise LaunchError(
+            f"--tpu {tpu!r}: expected a TPU type such as v4-32, v5litepod-16, v5p-8 or v6e-8 "
+            f"(generations: {', '.join(RUNTIME_VERSIONS)})"
         )
-        lines.append(f"run {q(run.name)} {shlex.join(argv)}")
-    lines.append(f'echo "$(date -u +%FT%TZ) queue finished: {len(runs)} runs, $failed failed"')
-    return "\n".join(lines) + "\n"
+    return f"tpu-{name}", RUNTIME_VERSIONS[match.group(1)]
 
 
-def start_script(sweep: Sweep, queue: str, config_file: str, config_text: str) -> str:
-    """Write the config file and the queue on a worker and start the queue detached."""
-    q = shlex.quote
-    directory = f"~/{REMOTE_DIR}/{q(sweep.name)}"
-    config_delim = _heredoc_delimiter("CONFIG", config_text)
-    queue_delim = _heredoc_delimiter("QUEUE", queue)
+def job_name(sweep: Sweep, run: Run) -> str:
+    """A SkyPilot job name: lower-case letters, digits and '-'."""
+    text = re.sub(r"[^a-z0-9]+", "-", f"{sweep.name}-{run.name}".lower()).strip("-")
+    return text[:60].rstrip("-")
+
+
+def setup_script() -> str:
+    """Every host: Python 3.11 (uv), jax[tpu] and the launched code."""
     return "\n".join(
         [
             "set -e",
-            f"mkdir -p {directory}/configs {directory}/logs",
-            f"cd {directory}",
-            'if [ -f queue.pid ] && kill -0 "$(cat queue.pid)" 2>/dev/null; then',
-            '  echo "$(hostname): a queue is already running (pid $(cat queue.pid)); not starting another"',
-            "  exit 0",
-            "fi",
-            f"cat > {q('configs/' + config_file)} <<'{config_delim}'",
-            config_text.rstrip("\n"),
-            config_delim,
-            f"cat > queue.sh <<'{queue_delim}'",
-            queue.rstrip("\n"),
-            queue_delim,
-            "setsid nohup bash queue.sh >> queue.log 2>&1 < /dev/null &",
-            f'echo "$(hostname): queue started (pid $!); log: ~/{REMOTE_DIR}/{sweep.name}/queue.log"',
+            'export PATH="$HOME/.local/bin:$PATH"',
+            "command -v uv >/dev/null || python3 -m pip install --user --quiet uv",
+            f"[ -x ~/mnv2-venv/bin/python ] || uv venv --python {PYTHON} ~/mnv2-venv",
+            "VIRTUAL_ENV=~/mnv2-venv uv pip install --quiet --upgrade --reinstall-package mnv2_jax 'jax[tpu]' .",
         ]
     )
 
 
-def tpu_commands(
+def task_config(
     sweep: Sweep,
-    tpus: Sequence[str],
-    zone: str,
-    project: str | None,
-    requirement: str,
-    workdir: str | None = None,
+    run: Run,
+    *,
+    root: str,
+    tpu: str,
+    code_dir: str,
+    commit: str,
+    config: str | None = None,
     data_dir: str | None = None,
+    use_spot: bool = False,
+    zone: str | None = None,
+    region: str | None = None,
     global_overrides: dict[str, Any] | None = None,
-    setup: bool = True,
-) -> list[tuple[str, list[str]]]:
-    """`(what, argv)` for the setup of every TPU, then the start of every slice's queue."""
-    file, sep, arg = sweep.config.partition(":")
-    config_file = os.path.basename(file)
-    with open(sweep.config_path.partition(":")[0]) as f:
-        config_text = f.read()
-    config = f"configs/{config_file}{sep}{arg}"
-    root = workdir or "runs"  # relative: ~/mnv2_sweeps/<sweep>/runs on each worker
-    commands = []
-    if setup:
-        for tpu in tpus:
-            commands.append(
-                (
-                    f"setup of {tpu} (every worker)",
-                    ssh_command(tpu, zone, project, setup_script(requirement, data_dir)),
-                )
-            )
-    for i, tpu in enumerate(tpus):
-        runs = sweep.runs[i :: len(tpus)]
-        if not runs:
-            continue
-        label = f"slice {i + 1}/{len(tpus)} ({tpu})"
-        queue = queue_script(sweep, runs, root, config, global_overrides, label)
-        commands.append(
-            (
-                f"queue of {label}: {len(runs)} runs",
-                ssh_command(tpu, zone, project, start_script(sweep, queue, config_file, config_text)),
-            )
-        )
-    return commands
+) -> dict[str, Any]:
+    """The SkyPilot task (YAML as a dict) that trains one run on one TPU slice.
+
+    `config` is CONFIG relative to the checkout's root (the workers' working directory).
+    """
+    accelerator, runtime = tpu_accelerator(tpu)
+    if zone:
+        region = region or zone.rsplit("-", 1)[0]
+    resources: dict[str, Any] = {
+        "infra": "/".join(["gcp", *([region] if region else []), *([zone] if zone else [])]),
+        "accelerators": accelerator,
+        "accelerator_args": {"runtime_version": runtime},
+        "use_spot": use_spot,
+    }
+    envs = {
+        "MNV2_GIT_COMMIT": commit,
+        "MNV2_DISTRIBUTED": "1",
+        "JAX_COMPILATION_CACHE_DIR": f"{root.rstrip('/')}/.jax_cache",
+    }
+    if data_dir:
+        envs["TFDS_DATA_DIR"] = data_dir
+    argv = train_command(
+        sweep, run, root, global_overrides, prefix=("python", "-m", "mnv2_jax"), config=config
+    )
+    return {
+        "name": job_name(sweep, run),
+        "workdir": code_dir,
+        "resources": resources,
+        "num_nodes": 1,  # one TPU slice; SkyPilot runs `run` on each of its hosts
+        "envs": envs,
+        "setup": setup_script() + "\n",
+        "run": f"source ~/mnv2-venv/bin/activate\n{shlex.join(argv)}\n",
+    }
 
 
-def main(sweep: Sweep, args: argparse.Namespace, global_overrides: dict[str, Any]) -> int:
-    """`mnv2 sweep launch`."""
+def task_yaml(task: dict[str, Any]) -> str:
+    """The task as YAML, scripts as literal blocks (as one writes them by hand)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def string(dumper: yaml.SafeDumper, value: str):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, string)
+    return yaml.dump(task, Dumper=Dumper, sort_keys=False, width=1000)
+
+
+def sky_command(name: str, yaml_path: str, secrets: Sequence[str] = ()) -> list[str]:
+    secret_args = [a for key in secrets for a in ("--secret", key)]
+    return ["sky", "jobs", "launch", "--yes", "--detach-run", "--name", name, *secret_args, yaml_path]
+
+
+def check_tasks(paths: Sequence[str]) -> None:
+    """Load every task YAML with SkyPilot (its schema and resource checks); needs no cloud access."""
+    import sky
+
+    for path in paths:
+        try:
+            sky.Task.from_yaml(path)
+        except Exception as e:  # noqa: BLE001 - SkyPilot's own message says what is wrong
+            raise LaunchError(f"{path}: SkyPilot rejects this task: {e}") from None
+
+
+def write_manifests(sweep: Sweep, root: str, global_overrides: dict[str, Any]) -> None:
+    """The sweep manifest in ROOT and ROOT/<run>/sweep.json for every run (analysis reads them)."""
+    path = workdir_lib.path(root, sweep.name + workdir_lib.MANIFEST_SUFFIX)
+    try:
+        workdir_lib.write_sweep_manifest(root, sweeps.manifest(sweep))
+        for run in sweep.runs:
+            path = workdir_lib.path(root, run.name, workdir_lib.SWEEP)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            workdir_lib.write_sweep_record(path.parent, sweeps.sweep_record(sweep, run, global_overrides))
+    except Exception as e:  # noqa: BLE001 - any storage error: name the path, submit nothing
+        raise LaunchError(f"--workdir {root}: cannot write {path} ({type(e).__name__}: {e})") from None
+
+
+def main(
+    sweep: Sweep, args: argparse.Namespace, global_overrides: dict[str, Any], repo: str | None = None
+) -> int:
+    """`mnv2 sweep launch`: print commands, or write SkyPilot tasks and submit them."""
     sweeps.validate_global_overrides(sweep, global_overrides)
-
-    def warn(message: str) -> None:
-        print(f"mnv2 sweep launch: warning: {message}", file=sys.stderr)
-
     if args.print_commands:
         for line in print_commands(sweep, args.workdir or f"runs/{sweep.name}", global_overrides):
             print(line)
         return 0
-    if not args.tpu or not args.zone:
-        raise ValueError("--tpu NAME[,NAME...] and --zone ZONE are required (or --print-commands)")
-    tpus = [t.strip() for t in args.tpu.split(",") if t.strip()]
-    requirement = args.package
-    if requirement is None:
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        requirement = package_requirement(repo, warn)
-        if requirement is None:
-            message = (
-                "no git remote 'origin' (or no git checkout): the workers install the package with "
-                "pip from a git URL; push this repository somewhere they can reach, add it as 'origin', "
-                "or pass --package REQUIREMENT"
-            )
-            if not args.dry_run:
-                raise ValueError(message)
-            warn(message)
-            requirement = f"git+<REMOTE-URL>@{_git('rev-parse', 'HEAD', cwd=repo) or '<COMMIT>'}"
-    if args.workdir is None:
-        warn(
-            f"no --workdir: runs go to ~/{REMOTE_DIR}/{sweep.name}/runs on each worker's local disk; "
-            "a multi-host slice needs a shared gs:// --workdir"
+    if not args.tpu or not args.workdir:
+        raise LaunchError(
+            "--tpu TYPE (e.g. v4-32) and --workdir gs://BUCKET/PATH are required (or --print-commands)"
         )
-    commands = tpu_commands(
-        sweep,
-        tpus,
-        args.zone,
-        args.project,
-        requirement,
-        args.workdir,
-        args.data_dir,
-        global_overrides,
-        setup=not args.skip_setup,
-    )
+    tpu_accelerator(args.tpu)
+    if not args.workdir.startswith("gs://"):
+        raise LaunchError(
+            f"--workdir {args.workdir!r}: the hosts of a TPU slice and the runs after a preemption "
+            "must all see the workdir: give a gs://BUCKET/PATH"
+        )
+    repo = repo or package_checkout()
+    config_file, sep, config_arg = sweep.config_path.partition(":")
+    commit = launch_commit(repo, config_file)
+    config = os.path.relpath(os.path.realpath(config_file), os.path.realpath(repo)) + sep + config_arg
+    tasks_dir = os.path.abspath(args.tasks_dir or os.path.join("sky_tasks", sweep.name))
+    os.makedirs(tasks_dir, exist_ok=True)
+    code_dir = export_commit(repo, commit, tasks_dir)
+    secrets = [key for key in SECRETS if os.environ.get(key)]
+    commands = []
+    for run in sweep.runs:
+        task = task_config(
+            sweep,
+            run,
+            root=args.workdir,
+            tpu=args.tpu,
+            code_dir=code_dir,
+            commit=commit,
+            config=config,
+            data_dir=args.data_dir,
+            use_spot=args.use_spot,
+            zone=args.zone,
+            region=args.region,
+            global_overrides=global_overrides,
+        )
+        path = os.path.join(tasks_dir, f"{run.name}.yaml")
+        with open(path, "w") as f:
+            f.write(f"# mnv2 sweep {sweep.name}, run {run.name}, commit {commit}\n")
+            f.write(task_yaml(task))
+        commands.append(sky_command(task["name"], path, secrets))
+    try:
+        check_tasks([c[-1] for c in commands])
+    except ImportError:
+        if not args.dry_run:
+            raise LaunchError("SkyPilot is not installed: pip install 'mnv2_jax[launch]'") from None
+        print("# SkyPilot is not installed here: the task YAMLs were not checked", file=sys.stderr)
+    print(f"# sweep {sweep.name}: {len(commands)} SkyPilot tasks in {tasks_dir} (commit {commit[:12]})")
     if args.dry_run:
-        for what, argv in commands:
-            print(f"# {what}")
+        for argv in commands:
             print(shlex.join(argv))
         return 0
-    if shutil.which("gcloud") is None:
-        raise ValueError("gcloud not found on PATH (install the Google Cloud SDK, or use --dry-run)")
+    if shutil.which("sky") is None:
+        raise LaunchError("`sky` not found on PATH: pip install 'mnv2_jax[launch]', then `sky check gcp`")
+    write_manifests(sweep, args.workdir, global_overrides)
     failed = 0
-    for what, argv in commands:
-        print(f"# {what}\n{shlex.join(argv)}", flush=True)
+    for argv in commands:
+        print(shlex.join(argv), flush=True)
         rc = subprocess.run(argv).returncode
         if rc != 0:
             failed += 1
-            print(f"mnv2 sweep launch: {what} failed (exit {rc})", file=sys.stderr)
+            print(f"mnv2 sweep launch: {argv[-1]} was not submitted (exit {rc})", file=sys.stderr)
     print(
-        f"launched sweep {sweep.name}: {len(sweep.runs)} runs over {len(tpus)} slice(s); "
-        f"follow with: gcloud compute tpus tpu-vm ssh {tpus[0]} --zone {args.zone} --worker=0 "
-        f"--command 'tail -f ~/{REMOTE_DIR}/{sweep.name}/queue.log'"
+        f"submitted {len(commands) - failed} of {len(commands)} runs of sweep {sweep.name}; "
+        "follow them with: sky jobs queue; sky jobs logs JOB_ID",
+        flush=True,
     )
     return 1 if failed else 0
 
@@ -500,7 +544,7 @@ def train_one(
         shown = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         raise ValueError(f"{what} ({shown}): {e}") from None
     name = sweeps.run_name(config_lib.flatten(base), config_lib.flatten(config), list(overrides))
-    workdir = os.path.join(workdir_root, name)
+    workdir = str(workdir_lib.path(workdir_root, name))
     wandb_overrides: dict[str, Any] = {"wandb.name": name, "wandb.tags": tuple(tags)}
     if group:
         wandb_overrides["wandb.group"] = group
@@ -510,7 +554,7 @@ def train_one(
         wandb_overrides["wandb.entity"] = entity
     config = config_lib.apply_overrides(config, wandb_overrides)
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
+        workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
         workdir_lib.write_sweep_record(
             workdir,
             workdir_lib.sweep_record(

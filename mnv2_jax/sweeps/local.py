@@ -106,20 +106,23 @@ def run_sweep(
     validate_global_overrides(sweep, global_overrides)
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
-    root = os.path.abspath(root)
-    os.makedirs(root, exist_ok=True)
+    if workdir_lib.is_local(root):
+        root = os.path.abspath(root)
+    workdir_lib.ensure_writable(root, "--workdir")
     workdir_lib.write_sweep_manifest(root, manifest(sweep))
     prefix = list(command_prefix or (sys.executable, "-m", "mnv2_jax"))
     child_env = dict(os.environ if env is None else env)
-    # One compilation cache for the whole sweep (an explicit setting wins, e.g. the test suite's).
-    child_env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, CACHE_DIR))
+    # One compilation cache for the whole sweep (an explicit setting wins, e.g. the test suite's);
+    # under a gs:// root, each run's default local cache.
+    if workdir_lib.is_local(root):
+        child_env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, CACHE_DIR))
     child_env.setdefault("PYTHONUNBUFFERED", "1")
 
     start = time.time()
     result = SweepResult(total=len(sweep.runs))
     pending: list[Run] = []
     for run in sweep.runs:
-        workdir = os.path.join(root, run.name)
+        workdir = _workdir(root, run)
         if workdir_lib.is_complete(workdir):
             result.skipped.append(run.name)
             differing = stale_keys(workdir, sweep.resolved(run, global_overrides))
@@ -133,7 +136,7 @@ def run_sweep(
             pending.append(run)
     log(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(result.skipped)} already complete (skipped), "
-        f"{len(pending)} to run, {parallel} at a time; logs in {root}/<run>/{LOG_FILE}"
+        f"{len(pending)} to run, {parallel} at a time; logs in {os.path.dirname(os.path.dirname(log_file_path(root, sweep, sweep.runs[0])))}/<run>/{LOG_FILE}"
     )
 
     stop: dict[str, int | None] = {"signal": None}
@@ -165,7 +168,7 @@ def run_sweep(
                 running.remove(item)
                 item.log_file.close()
                 seconds = time.time() - item.started
-                workdir = os.path.join(root, item.run.name)
+                workdir = _workdir(root, item.run)
                 rc = item.process.returncode
                 finished += 1
                 if rc == 0 and workdir_lib.is_complete(workdir):
@@ -204,6 +207,18 @@ def run_sweep(
     return result
 
 
+def _workdir(root: str, run: Run) -> str:
+    return str(workdir_lib.path(root, run.name))
+
+
+def log_file_path(root: str, sweep: Sweep, run: Run) -> str:
+    """ROOT/<run>/train.log; under a gs:// root (objects cannot be appended to) the log stays on
+    this machine, in ~/.cache/mnv2_jax/logs/<sweep>/<run>/train.log."""
+    if not workdir_lib.is_local(root):
+        return os.path.join(os.path.expanduser("~/.cache/mnv2_jax/logs"), sweep.name, run.name, LOG_FILE)
+    return os.path.join(root, run.name, LOG_FILE)
+
+
 def _start(
     sweep: Sweep,
     run: Run,
@@ -213,14 +228,15 @@ def _start(
     env: dict[str, str],
     log: Callable[[str], None],
 ) -> _Running:
-    workdir = os.path.join(root, run.name)
+    workdir = _workdir(root, run)
     resuming = any(
-        os.path.exists(os.path.join(workdir, f)) for f in (workdir_lib.CONFIG, workdir_lib.CHECKPOINTS)
+        workdir_lib.path(workdir, f).exists() for f in (workdir_lib.CONFIG, workdir_lib.CHECKPOINTS)
     )
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
     workdir_lib.write_sweep_record(workdir, sweep_record(sweep, run, global_overrides))
     argv = [*prefix, "train", *train_args(sweep, run, workdir, global_overrides)]
-    log_path = os.path.join(workdir, LOG_FILE)
+    log_path = log_file_path(root, sweep, run)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     log_file = open(log_path, "a")
     log_file.write(f"=== mnv2 sweep {sweep.name}: {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
     log_file.flush()

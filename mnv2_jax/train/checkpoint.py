@@ -1,8 +1,9 @@
 """Checkpoints: orbax train states under `workdir/checkpoints`, and the flat variables file of
 imported weights (`variables.msgpack`).
 
-orbax writes each step to a temporary directory and renames it, so a kill at any moment leaves the
-previous checkpoint loadable. Every process takes part in saves and restores; orbax coordinates
+orbax writes each step to a temporary directory and renames it (on GCS it writes the step in place
+and marks it finished with a commit file), so a kill at any moment leaves the previous checkpoint
+loadable. Every process takes part in saves and restores; orbax coordinates
 them, and its preemption check (`reached_preemption`) makes every host agree on the step at which
 a SIGTERM (preemption) stops the run.
 """
@@ -40,11 +41,26 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any = None, step: int | None = None) -> Any | None:
         """The state at `step` (default: latest), or None when there is no checkpoint. Without
-        `abstract_state`, the saved tree comes back as nested dicts of arrays."""
+        `abstract_state`, the saved tree comes back as nested dicts of arrays.
+
+        Arrays go where `abstract_state`'s leaves say (their shardings); leaves without one (from
+        `jax.eval_shape`, or no target at all) go to this process's first device, so that a
+        checkpoint written on another topology (a TPU slice, several processes) loads here.
+        """
         step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        if abstract_state is None:
+            abstract_state = self.manager.item_metadata(step)  # shapes and dtypes as saved
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def placed(leaf: Any) -> Any:
+            if isinstance(getattr(leaf, "sharding", None), jax.sharding.Sharding):
+                return leaf
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+
+        target = jax.tree.map(placed, abstract_state)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a preemption notice arrived (multi-host agreement)."""

@@ -66,14 +66,44 @@ def enable_compilation_cache(path: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+DISTRIBUTED_ENV = "MNV2_DISTRIBUTED"  # "1": call jax.distributed.initialize() (cluster auto-detection)
+
+
 def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when launched as one process of several (Cloud TPU pod)."""
-    multi = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
-    if multi and jax.process_count() == 1:
+    """`jax.distributed.initialize` when launched as one process of several.
+
+    Explicitly, from `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (any
+    machines, CPU collectives over gloo); or by JAX's cluster auto-detection on a Cloud TPU slice
+    (`MNV2_DISTRIBUTED=1`, which `mnv2 sweep launch` sets), Slurm or Kubernetes. It also starts
+    JAX's preemption notice service, through which every process learns of a SIGTERM that one of
+    them received.
+    """
+    if distributed_initialized():
+        return
+    env = os.environ
+    explicit = all(k in env for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))
+    detect = env.get(DISTRIBUTED_ENV) == "1" or any(
+        k in env for k in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS")
+    )
+    if explicit:
+        # Only the CPU backend needs this; other backends bring their own collectives.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+    elif detect:
         try:
             jax.distributed.initialize()
         except (RuntimeError, ValueError) as e:  # already initialised, or a single-host TPU VM
             print(f"jax.distributed.initialize skipped: {e}", file=sys.stderr)
+
+
+def distributed_initialized() -> bool:
+    from jax._src import distributed as jax_distributed  # no public "is initialised" query
+
+    return jax_distributed.global_state.client is not None
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -102,9 +132,11 @@ def provenance() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    commit = git("rev-parse", "HEAD")
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain")),
+        # Launched copies of the code are no git checkouts: the launcher passes the commit along.
+        "git_commit": commit or os.environ.get("MNV2_GIT_COMMIT"),
+        "git_dirty": bool(git("status", "--porcelain")) if commit else False,
         "command": sys.argv,
         "versions": versions,
         "python": platform.python_version(),
@@ -247,6 +279,8 @@ def train_and_evaluate(
     config_lib.validate_config(config)
     maybe_initialize_distributed()
     config_lib.validate_batch_sizes(config, jax.device_count(), jax.process_count())
+    # A workdir this process cannot write is refused now, not at the first checkpoint.
+    workdir_lib.ensure_writable(workdir, "--workdir", tag=f"-{jax.process_index()}")
     enable_compilation_cache()
     is_main = jax.process_index() == 0
 
@@ -258,7 +292,6 @@ def train_and_evaluate(
     n_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps or steps_per_epoch
 
-    workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
     check_workdir(workdir, resolved, overwrite)
     counts = task.count(num_classes)
     if is_main:
@@ -324,8 +357,16 @@ def train_and_evaluate(
     reset = jax.jit(state_lib.reset_metric_sums, out_shardings=replicated, donate_argnums=0)
     eval_step = make_eval_step(task, model, replicated, batch_sharding)
 
+    # SIGTERM (preemption): checkpoint at the next step and exit 143. Under jax.distributed, JAX's
+    # preemption notice service has its own SIGTERM handler and tells every process, which then
+    # agree on the step to stop at (`reached_preemption`); a Python handler here would replace
+    # that one and leave the other hosts training. Alone, a Python handler sets a flag.
     sigterm = {"received": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
+    distributed = distributed_initialized()
+    previous_handler = None
+    if not distributed:
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.update(received=True))
+    evals: dict[int, dict] = {}  # this invocation's eval values by step
 
     def run_eval(step: int) -> dict:
         t0 = time.time()
@@ -339,6 +380,7 @@ def train_and_evaluate(
         if is_main and config.progress:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "time" not in k)
             print(f"eval at step {step}: {shown}", flush=True)
+        evals[step] = values
         return values
 
     pending: list[tuple[int, Any]] = []  # (step, finite flag) not yet checked
@@ -365,7 +407,7 @@ def train_and_evaluate(
     try:
         while step < n_steps:
             if profile and step == start_step + 2 and not profiling:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                jax.profiler.start_trace(str(workdir_lib.path(workdir, "profile")))
                 profiling = True
             batch = _global_batch(next(train_iter), batch_sharding)
             if step == start_step:  # compile once, on the first batch's shapes
@@ -379,7 +421,7 @@ def train_and_evaluate(
                 jax.profiler.stop_trace()
                 profiling = False
                 if is_main:
-                    print(f"profile written to {os.path.join(workdir, 'profile')}", flush=True)
+                    print(f"profile written to {workdir_lib.path(workdir, 'profile')}", flush=True)
 
             last = step == n_steps
             if step % config.log_every_steps == 0 or last:
@@ -408,35 +450,41 @@ def train_and_evaluate(
                 writer.write(step, run_eval(step))
                 last_log_time = time.time()
 
-            preempted = (
-                sigterm["received"] if jax.process_count() == 1 else checkpointer.reached_preemption(step)
-            )
+            preempted = checkpointer.reached_preemption(step) if distributed else sigterm["received"]
             if step % config.checkpoint_every_steps == 0 or last or preempted:
                 check_finite()
                 checkpointer.save(step, state, force=True)
             if preempted:
                 checkpointer.wait()
-                if is_main:
-                    print(
-                        f"SIGTERM: checkpoint at step {step} written; rerun the command to resume", flush=True
-                    )
+                who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+                print(
+                    f"{who}SIGTERM: checkpoint at step {step} written; rerun the command to resume",
+                    flush=True,
+                )
                 raise Preempted(143)
         checkpointer.wait()
         if start_step >= n_steps and is_main:
             print(f"{workdir}: already complete at step {start_step}", flush=True)
-        final = _final_eval(workdir, run_eval, step)
+        final = _final_eval(workdir, run_eval, step, evals)
         summary = {**summary_values, **final, "step": step, COMPLETE_KEY: True}
         writer.summary(summary)
         return summary
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         checkpointer.wait()
         checkpointer.close()
         writer.close()
 
 
-def _final_eval(workdir: str, run_eval, step: int) -> dict:
-    """The last logged eval values (the loop evaluates at the last step)."""
+def _final_eval(workdir: str, run_eval, step: int, evals: dict[int, dict]) -> dict:
+    """The eval values at the last step: from this invocation (the loop evaluates at the last
+    step), else from the metrics file of the invocation that finished the run. Every process
+    decides alike: only process 0 writes the file, so the others must not race it for the
+    values it is writing now (a process that evaluated alone would wait for the others forever).
+    """
+    if step in evals:
+        return evals[step]
     for record in reversed(workdir_lib.read_metrics(workdir)):
         if record.get("step") == step and any(k.startswith("eval/") and "time" not in k for k in record):
             return {k: v for k, v in record.items() if k.startswith("eval")}

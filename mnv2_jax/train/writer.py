@@ -16,7 +16,21 @@ import uuid
 from typing import Any
 
 from mnv2_jax import workdir as workdir_lib
-from mnv2_jax.wandb_mode import resolve_mode
+from mnv2_jax.wandb_mode import decide
+
+
+def local_wandb_dir(workdir: str) -> str:
+    """Where wandb writes its files: the workdir when it is local, else WANDB_DIR or a local cache
+    (wandb cannot write to gs://)."""
+    if workdir_lib.is_local(workdir):
+        return workdir
+    return os.environ.get("WANDB_DIR") or os.path.expanduser("~/.cache/mnv2_jax/wandb")
+
+
+def _run_name(workdir: str) -> str:
+    if workdir_lib.is_local(workdir):
+        return os.path.basename(os.path.abspath(workdir))
+    return workdir_lib.path(workdir).name
 
 
 class MetricWriter:
@@ -32,7 +46,7 @@ class MetricWriter:
         self._init_wandb(config, wandb_config)
 
     def _init_wandb(self, config: dict, wandb_config: Any) -> None:
-        mode = resolve_mode(wandb_config.mode)
+        mode, why = decide(wandb_config.mode)
         if mode == "disabled":
             return
         try:
@@ -43,18 +57,25 @@ class MetricWriter:
                 project=wandb_config.project,
                 entity=wandb_config.entity,
                 group=wandb_config.group,
-                name=wandb_config.name or os.path.basename(os.path.abspath(self.workdir)),
+                name=wandb_config.name or _run_name(self.workdir),
                 tags=list(wandb_config.tags or ()),
                 config=config,
                 id=run_id,
                 resume="allow",
-                dir=self.workdir,
+                dir=local_wandb_dir(self.workdir),
                 mode=mode,
                 settings=wandb.Settings(init_timeout=30, silent=True),
             )
         except Exception as e:  # noqa: BLE001 - logging must never stop training
             print(f"wandb unavailable ({type(e).__name__}: {e}); logging to files only", file=sys.stderr)
             self.run = None
+            return
+        if mode == "offline":
+            where = self.run.settings.sync_dir
+            print(
+                f"wandb offline: {why}; run files in {where}; upload later with: wandb sync {where}",
+                flush=True,
+            )
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

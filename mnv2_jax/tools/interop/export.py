@@ -49,7 +49,9 @@ FLOAT_TOLERANCE = 1e-3  # relative to the output's scale; float32 exports agree 
 
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from mnv2_jax import quiet
+
+    tf = quiet.import_tensorflow()  # without its C++ start-up banners
 
     # TensorFlow must not take a GPU from JAX (DESIGN.md section 4); tensorflow-cpu sees none anyway.
     tf.config.set_visible_devices([], "GPU")

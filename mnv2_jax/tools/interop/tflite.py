@@ -23,18 +23,19 @@ import numpy as np
 
 def interpreter(model_path: str | None = None, model_content: bytes | None = None, threads: int = 1) -> Any:
     """A TFLite interpreter with its tensors allocated."""
+    from mnv2_jax import quiet
+
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice pointing at ai_edge_litert
-            import tensorflow as tf
-
-            Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings():
+            Interpreter = quiet.import_tensorflow().lite.Interpreter
+    # The XNNPACK delegate announces itself on stderr when it is applied.
+    with warnings.catch_warnings(), quiet.quiet_stderr():
         warnings.simplefilter("ignore")
         interp = Interpreter(model_path=model_path, model_content=model_content, num_threads=threads)
-    interp.allocate_tensors()
+        interp.allocate_tensors()
     return interp
 
 
