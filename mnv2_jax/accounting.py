@@ -161,8 +161,82 @@ def format_table(arch: Architecture, resolution: int) -> str:
     return format_counts(count(arch, resolution))
 
 
+# --------------------------------------------------------------------------------------------------
+# Mobile DeepLabv3 (the segmentation task): the backbone up to its last block plus the DeepLabv3 head
+# of `mnv2_jax.tasks.segmentation.head`. Batch norm follows every head conv but the logits, which
+# have a bias instead; the bilinear upsampling and the image pooling's mean are not counted.
+
+DEEPLAB_ASPP_RATES_AT_OS16 = (6, 12, 18)
+
+
+def count_to_last_block(arch: Architecture, resolution: int) -> list[LayerCount]:
+    """The backbone's layers up to its last block (TF-Slim's `final_endpoint='layer_18'`): no
+    1280-channel conv, no classifier."""
+    layers = list(count(arch, resolution).layers)
+    last = max(i for i, layer in enumerate(layers) if layer.name.startswith(arch.blocks[-1].name + "/"))
+    return layers[: last + 1]
+
+
+def count_deeplab(
+    arch: Architecture,
+    resolution: int,
+    num_classes: int,
+    aspp: bool = False,
+    aspp_separable: bool = False,
+    depth: int = 256,
+) -> Counts:
+    """Per-layer MAdds and parameters of Mobile DeepLabv3 for one `resolution` x `resolution` image.
+
+    `arch` is the backbone at the run's output stride. The ASPP rates do not change the analytic count
+    (a dilated 3x3 conv costs what a 3x3 conv costs); TF's `SpaceToBatchND` atrous convs compute over
+    padded maps, which is why the paper's ASPP rows (5.8B) are higher than this count (5.36B).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes: the segmentation head needs at least 1 class, got {num_classes!r}")
+    layers = count_to_last_block(arch, resolution)
+    h, w, c = layers[-1].out_shape
+    layers.append(conv("image_pooling", "conv", 1, 1, c, depth, 1, 1))
+    layers.append(conv("aspp0", "conv", h, w, c, depth, 1, 1))
+    branches = 2
+    if aspp:
+        for i in range(1, len(DEEPLAB_ASPP_RATES_AT_OS16) + 1):
+            if aspp_separable:
+                layers.append(conv(f"aspp{i}_depthwise", "depthwise", h, w, c, c, 3, 1, depthwise=True))
+                layers.append(conv(f"aspp{i}_pointwise", "conv", h, w, c, depth, 1, 1))
+            else:
+                layers.append(conv(f"aspp{i}", "conv", h, w, c, depth, 3, 1))
+            branches += 1
+    layers.append(conv("concat_projection", "conv", h, w, branches * depth, depth, 1, 1))
+    layers.append(conv("logits", "logits", h, w, depth, num_classes, 1, 1, bn=False, bias=True))
+    return Counts(resolution=resolution, layers=tuple(layers))
+
+
+def deeplab_summary(
+    arch: Architecture,
+    resolution: int,
+    num_classes: int,
+    aspp: bool = False,
+    aspp_separable: bool = False,
+    depth: int = 256,
+) -> dict:
+    """The numbers `mnv2 info --task segmentation --json` prints; `params_total` = `params` +
+    `params_bn` (the paper's Table 7 counts batch norm: 2.11M)."""
+    counts = count_deeplab(arch, resolution, num_classes, aspp, aspp_separable, depth)
+    return {
+        **summary(arch, resolution),
+        "num_classes": num_classes,
+        "aspp": aspp,
+        "aspp_separable": aspp_separable,
+        "madds": counts.madds,
+        "params": counts.params,
+        "params_bn": counts.params_bn,
+        "params_total": counts.params + counts.params_bn,
+    }
+
+
 def format_counts(counts: Counts) -> str:
-    """A per-layer table of any counts (a backbone with a task head included)."""
+    """A per-layer table (shape, MAdds, params) with totals, of any counts (a backbone with a task
+    head included)."""
     rows = [("layer", "input", "output", "MAdds", "params", "bn params")]
     for layer in counts.layers:
         rows.append(

@@ -30,8 +30,8 @@ from mnv2_jax import spec
 CHOICES: dict[str, tuple] = {
     "bottleneck_activation": spec.BOTTLENECK_ACTIVATIONS,
     "residual": spec.RESIDUALS,
-    "task": ("classification", "detection"),
-    "recipe": ("slim", "tpu", "tf_od"),
+    "task": ("classification", "detection", "segmentation"),
+    "recipe": ("slim", "tpu", "tf_od", "deeplab"),
     "dtype": ("float32", "bfloat16"),
     "depthwise_impl": ("auto", "lax", "shifted"),
     "pointwise_impl": ("auto", "lax", "dot"),
@@ -148,6 +148,26 @@ def base_config() -> ml_collections.ConfigDict:
         "grad_clip_norm",
     ):
         c.optim[key] = ml_collections.config_dict.placeholder(float)
+    c.optim.optimizer = ml_collections.config_dict.placeholder(str)  # 'rmsprop' | 'momentum'
+    c.optim.lr_schedule = ml_collections.config_dict.placeholder(str)  # 'exponential' | 'poly'
+    c.optim.lr_power = ml_collections.config_dict.placeholder(float)  # of the 'poly' schedule
+
+    # Segmentation (task 'segmentation': Mobile DeepLabv3, mnv2_jax.tasks.segmentation); `resolution`
+    # is the size eval images are padded to (DeepLab's eval_crop_size), `output_stride` 8, 16 or 32.
+    c.segmentation = ml_collections.ConfigDict()
+    c.segmentation.crop_size = ml_collections.config_dict.placeholder(int)  # train crop; None = resolution
+    c.segmentation.aspp = False  # the three 3x3 atrous branches (Table 7's ASPP rows)
+    c.segmentation.aspp_separable = False  # TF DeepLab's separable ASPP instead of regular 3x3 convs
+    c.segmentation.depth = 256  # channels of every head branch and the projection
+    c.segmentation.dropout_rate = 0.1  # before the logits
+    c.segmentation.bn_momentum = 0.9997  # the head's batch norm (DeepLab's decay and epsilon)
+    c.segmentation.bn_epsilon = 1e-5
+    c.segmentation.fine_tune_bn = True  # batch statistics in training (warned below 12 per group)
+    c.segmentation.min_scale = 0.5  # random scale of train images, in steps of scale_step
+    c.segmentation.max_scale = 2.0
+    c.segmentation.scale_step = 0.25
+    c.segmentation.eval_scales = (1.0,)  # multi-scale eval: DeepLab's MF rows use 0.5-1.75 in 0.25
+    c.segmentation.eval_flip = False  # also average the left-right flipped image's probabilities
 
     # Detection (task='detection'; mnv2_jax.tasks.detection): the SSDLite head of TF's Object
     # Detection API, its targets, loss and post-processing.

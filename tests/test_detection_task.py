@@ -291,7 +291,10 @@ def test_tf_od_recipe_decays_every_800720_steps():
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        ({"task": "segmentation"}, r"'task': must be one of \('classification', 'detection'\)"),
+        (
+            {"task": "keypoints"},
+            r"'task': must be one of \('classification', 'detection', 'segmentation'\)",
+        ),
         ({"resolution": 32}, r"resolution: detection needs an integer >= 33"),
         ({"num_classes": 80}, r"'num_classes': 'mnist_detect_offline/tiny' has 10 classes"),
         ({"dataset": "mnist_offline"}, r"'dataset': 'mnist_offline' has no boxes"),

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from mnv2_jax.data.datasets import LOCAL_DATASETS
+from mnv2_jax.data.datasets import LOCAL_DATASETS, MANUAL_DATASETS
 from mnv2_jax.data.image_ops import (  # noqa: F401 - part of this module's interface
     _tf,
     central_crop_window,
@@ -175,11 +175,13 @@ def _builder(settings: InputConfig):
     import tensorflow_datasets as tfds
 
     name = settings.dataset
-    base, _, variant = name.partition("/")  # `name/config` picks a builder config
+    base, _, variant = name.split(":")[0].partition("/")  # 'name/config:version'
     if base in LOCAL_DATASETS:
         _tf()  # before TFDS writes anything with it
         module = importlib.import_module(LOCAL_DATASETS[base])  # registers the name with TFDS
         module.ensure_prepared(settings.data_dir, *([variant] if variant else []))
+    if base in MANUAL_DATASETS:
+        importlib.import_module(MANUAL_DATASETS[base])  # registers the name with TFDS
     try:
         builder = tfds.builder(name, data_dir=settings.data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -347,22 +349,36 @@ def _should_cache(settings: InputConfig, builder) -> bool:
     if settings.cache is not None:
         return bool(settings.cache)
     size = int(getattr(builder.info, "dataset_size", 0) or 0)
-    return settings.dataset.partition("/")[0] in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
+    return settings.dataset.split(":")[0].split("/")[0] in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
 
 
-def _read(builder, split, *, cache: bool, select: Callable | None = None):
-    """The split's examples, undecoded and in file order: deterministic, and cheap to skip.
+def _read(
+    builder,
+    split,
+    *,
+    cache: bool,
+    features: tuple[str, ...] = ("image", "label"),
+    select: Callable | None = None,
+):
+    """The split's `features`, undecoded and in file order: deterministic, and cheap to skip.
 
-    `select(example) -> dict` picks the features a task reads (default: image and label)."""
+    `select(example) -> dict`, if given, builds the task's example from the whole one instead
+    (detection: the boxes inside `objects`). Image features stay encoded either way (decoded in
+    the parallel map, after any skipping)."""
     import tensorflow_datasets as tfds
 
+    decoders = {
+        name: tfds.decode.SkipDecoding()
+        for name in (builder.info.features.keys() if select is not None else features)
+        if isinstance(builder.info.features[name], tfds.features.Image)
+    }
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True),
     )
-    ds = ds.map(select or (lambda ex: {"image": ex["image"], "label": ex["label"]}))
+    ds = ds.map(select or (lambda ex: {name: ex[name] for name in features}))
     return ds.cache() if cache else ds
 
 
@@ -394,15 +410,16 @@ def _train_examples(
     local_batch: int,
     shard: int,
     shards: int,
+    features: tuple[str, ...] = ("image", "label"),
     select: Callable | None = None,
 ):
     """The stream of `(epoch, position, example)` of one shard from `start_step` on, undecoded
-    (`select` as in `_read`)."""
+    (`features` and `select` as in `_read`)."""
     tf = _tf()
     import tensorflow_datasets as tfds
 
     split = tfds.split_for_jax_process(settings.train_split, process_index=shard, process_count=shards)
-    base = _read(builder, split, cache=_should_cache(settings, builder), select=select)
+    base = _read(builder, split, cache=_should_cache(settings, builder), features=features, select=select)
     # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
     # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
     # config.seed alone, so the global seed is cleared (anyone who set one loses it here).

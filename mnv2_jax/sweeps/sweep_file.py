@@ -74,6 +74,8 @@ NUM_CLASSES = {
     "tf_flowers": 5,
     "coco/2017": 80,
     "mnist_detect_offline": 10,
+    "mnist_seg_offline": 11,
+    "voc2012_seg_aug": 21,
 }
 
 
@@ -344,20 +346,15 @@ def validate_global_overrides(sweep: Sweep, overrides: dict[str, Any]) -> None:
 
 
 def run_counts(sweep: Sweep, run: Run) -> dict[str, int]:
-    """Analytic MAdds and parameters of a run (mnv2_jax.accounting; no JAX)."""
-    from mnv2_jax import accounting
-    from mnv2_jax import config as config_lib
+    """Analytic MAdds and parameters of a run, head included (the task's count; no JAX)."""
+    from mnv2_jax import tasks
 
     config = sweep.resolved(run)
-    dataset = config.dataset if config.dataset in NUM_CLASSES else config.dataset.partition("/")[0]
-    num_classes = config.num_classes or NUM_CLASSES.get(dataset, 1000)
-    if config.get("task", "classification") != "classification":
-        from mnv2_jax.tasks import get_task
-
-        counts = get_task(config).count(num_classes)  # the task's head on the backbone
-        return {"madds": counts["madds"], "params": counts["params"]}
-    counts = accounting.count(config_lib.architecture_from_config(config, num_classes), config.resolution)
-    return {"madds": counts.madds, "params": counts.params}
+    full = config.dataset.split(":")[0]  # without a version; 'coco/2017' names its builder config
+    name = full if full in NUM_CLASSES else full.split("/")[0]
+    num_classes = config.num_classes or NUM_CLASSES.get(name, 1000)
+    counts = tasks.get_task(config).count(num_classes)  # the task's head on the backbone
+    return {"madds": counts["madds"], "params": counts["params"]}
 
 
 def list_runs(sweep: Sweep) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 TASKS: dict[str, tuple[str, str]] = {
     "classification": ("mnv2_jax.tasks.classification", "ClassificationTask"),
     "detection": ("mnv2_jax.tasks.detection", "DetectionTask"),
+    "segmentation": ("mnv2_jax.tasks.segmentation", "SegmentationTask"),
 }
 
 
