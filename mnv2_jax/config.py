@@ -30,13 +30,14 @@ from mnv2_jax import spec
 CHOICES: dict[str, tuple] = {
     "bottleneck_activation": spec.BOTTLENECK_ACTIVATIONS,
     "residual": spec.RESIDUALS,
-    "task": ("classification",),
-    "recipe": ("slim", "tpu"),
+    "task": ("classification", "detection", "segmentation"),
+    "recipe": ("slim", "tpu", "tf_od", "deeplab"),
     "dtype": ("float32", "bfloat16"),
     "depthwise_impl": ("auto", "lax", "shifted"),
     "pointwise_impl": ("auto", "lax", "dot"),
     "augment.crop": ("inception", "pad_crop", "none"),
     "augment.pad_mode": ("constant", "reflect"),
+    "detection.head": ("ssdlite", "ssd"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
@@ -135,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
         "lr_reference_batch",
         "lr_decay_rate",
         "lr_decay_epochs",
+        "lr_decay_steps",
         "warmup_epochs",
         "rmsprop_decay",
         "momentum",
@@ -146,7 +148,39 @@ def base_config() -> ml_collections.ConfigDict:
         "grad_clip_norm",
     ):
         c.optim[key] = ml_collections.config_dict.placeholder(float)
-    c.optim.lr_decay = ml_collections.config_dict.placeholder(str)  # 'staircase' | 'cosine'
+    c.optim.optimizer = ml_collections.config_dict.placeholder(str)  # 'rmsprop' | 'momentum'
+    c.optim.lr_schedule = ml_collections.config_dict.placeholder(str)  # 'exponential' | 'poly' | 'cosine'
+    c.optim.lr_power = ml_collections.config_dict.placeholder(float)  # of the 'poly' schedule
+
+    # Segmentation (task 'segmentation': Mobile DeepLabv3, mnv2_jax.tasks.segmentation); `resolution`
+    # is the size eval images are padded to (DeepLab's eval_crop_size), `output_stride` 8, 16 or 32.
+    c.segmentation = ml_collections.ConfigDict()
+    c.segmentation.crop_size = ml_collections.config_dict.placeholder(int)  # train crop; None = resolution
+    c.segmentation.aspp = False  # the three 3x3 atrous branches (Table 7's ASPP rows)
+    c.segmentation.aspp_separable = False  # TF DeepLab's separable ASPP instead of regular 3x3 convs
+    c.segmentation.depth = 256  # channels of every head branch and the projection
+    c.segmentation.dropout_rate = 0.1  # before the logits
+    c.segmentation.bn_momentum = 0.9997  # the head's batch norm (DeepLab's decay and epsilon)
+    c.segmentation.bn_epsilon = 1e-5
+    c.segmentation.fine_tune_bn = True  # batch statistics in training (warned below 12 per group)
+    c.segmentation.min_scale = 0.5  # random scale of train images, in steps of scale_step
+    c.segmentation.max_scale = 2.0
+    c.segmentation.scale_step = 0.25
+    c.segmentation.eval_scales = (1.0,)  # multi-scale eval: DeepLab's MF rows use 0.5-1.75 in 0.25
+    c.segmentation.eval_flip = False  # also average the left-right flipped image's probabilities
+
+    # Detection (task='detection'; mnv2_jax.tasks.detection): the SSDLite head of TF's Object
+    # Detection API, its targets, loss and post-processing.
+    c.detection = ml_collections.ConfigDict()
+    c.detection.head = "ssdlite"  # or 'ssd': regular 3x3 convs (the paper's Table 5 comparison)
+    c.detection.max_boxes = 100  # ground-truth boxes per image, padded
+    c.detection.random_crop = True  # TF's ssd_random_crop
+    c.detection.neg_pos_ratio = 3.0  # hard negative mining: negatives kept per positive
+    c.detection.min_negatives = 3
+    c.detection.num_hard_examples = 3000
+    c.detection.score_threshold = 1e-8  # post-processing: per-class NMS
+    c.detection.iou_threshold = 0.6
+    c.detection.max_detections = 100
 
     # Bookkeeping.
     c.log_every_steps = 100

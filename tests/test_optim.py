@@ -154,6 +154,36 @@ def test_recipes_resolve_and_override():
         )
 
 
+def test_every_recipe_takes_every_optim_key_of_the_base_config():
+    """A config's `optim` sub-dict holds one key set; each recipe fills all of it (an unknown key
+    is an error, so a recipe missing one would fail here)."""
+    from mnv2_jax import config as config_lib
+
+    keys = set(config_lib.base_config().optim.keys())
+    for recipe, values in optim.RECIPES.items():
+        assert set(values) == keys, recipe
+        config = ml_collections.ConfigDict(
+            {"recipe": recipe, "batch_size": 32, "total_steps": 10, "optim": dict.fromkeys(keys)}
+        )
+        resolved = optim.resolve_optim(config)
+        assert resolved["optimizer"] in optim.OPTIMIZERS and resolved["lr_schedule"] in optim.LR_SCHEDULES
+        optim.create_optimizer(config, steps_per_epoch=5)
+
+
+def test_exponential_decay_period_in_steps_or_epochs():
+    # `lr_decay_steps` replaces the period in epochs, under any optimizer.
+    config = _config(
+        "deeplab", 16, lr_schedule="exponential", lr_decay_rate=0.5, lr_decay_steps=3, lr_power=None
+    )
+    sched = optim.learning_rate_schedule(config, steps_per_epoch=100)
+    assert [float(sched(step)) for step in (0, 2, 3, 6)] == pytest.approx([0.007, 0.007, 0.0035, 0.00175])
+    # Without either period the schedule has no decay step: the error names the key.
+    with pytest.raises(ValueError, match="'optim.lr_decay_epochs'"):
+        optim.resolve_optim(_config("deeplab", 16, lr_schedule="exponential", lr_decay_rate=0.5))
+    with pytest.raises(ValueError, match=r"'optim.optimizer': must be one of \('rmsprop', 'momentum'\)"):
+        optim.resolve_optim(_config("tf_od", 24, optimizer="adam"))
+
+
 def test_schedule_values():
     # slim at batch 192 with 100 steps per epoch: peak 0.09, x0.98 every 250 steps, no warm-up.
     sched = optim.learning_rate_schedule(_config("slim", 192), 100)
@@ -177,7 +207,7 @@ def test_schedule_values():
 
 def test_cosine_schedule_after_the_warm_up_reaches_zero_at_the_last_step():
     # 10 steps per epoch, 2 warm-up epochs, 120 steps: ramp over 20 steps, then a half cosine over 100.
-    config = _config("slim", 96, lr=0.1, lr_decay="cosine", warmup_epochs=2.0)
+    config = _config("slim", 96, lr=0.1, lr_schedule="cosine", warmup_epochs=2.0)
     config.total_steps = 120
     sched = optim.learning_rate_schedule(config, 10)
     assert float(sched(0)) == 0.0 and float(sched(10)) == pytest.approx(0.05)
@@ -189,10 +219,10 @@ def test_cosine_schedule_after_the_warm_up_reaches_zero_at_the_last_step():
     # A run given in epochs decays over those epochs' steps.
     config.total_steps, config.total_epochs = None, 3.5
     assert float(optim.learning_rate_schedule(config, 10)(35)) == pytest.approx(0.0, abs=1e-9)
-    with pytest.raises(ValueError, match=r"optim.lr_decay.*staircase.*cosine.*'linear'"):
-        optim.resolve_optim(_config("slim", 96, lr_decay="linear"))
+    with pytest.raises(ValueError, match=r"optim.lr_schedule.*exponential.*poly.*cosine.*'linear'"):
+        optim.resolve_optim(_config("slim", 96, lr_schedule="linear"))
     with pytest.raises(ValueError, match="cosine.*total_steps or total_epochs"):
-        optim.learning_rate_schedule(_config("slim", 96, lr_decay="cosine"), 10)
+        optim.learning_rate_schedule(_config("slim", 96, lr_schedule="cosine"), 10)
 
 
 def test_current_learning_rate_follows_the_schedule():

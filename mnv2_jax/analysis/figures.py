@@ -102,7 +102,8 @@ def _log_millions(ax, values: Sequence[float]) -> None:
 
 def _percent_axis(ax, metric: str) -> None:
     weights = "EMA weights" if metric.startswith("eval_ema") else "raw weights"
-    what = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}.get(metric.rsplit("/", 1)[-1], metric)
+    names = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "AP": "COCO AP", "AP50": "COCO AP50"}
+    what = names.get(metric.rsplit("/", 1)[-1], metric)
     ax.set_ylabel(f"{what}, % ({weights})")
     ax.grid(True, which="both", alpha=0.3)
 

@@ -39,12 +39,12 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from mnv2_jax.data.datasets import LOCAL_DATASETS
+from mnv2_jax.data.datasets import LOCAL_DATASETS, MANUAL_DATASETS
 from mnv2_jax.data.image_ops import (  # noqa: F401 - part of this module's interface
     _tf,
     central_crop_window,
@@ -175,10 +175,13 @@ def _builder(settings: InputConfig):
     import tensorflow_datasets as tfds
 
     name = settings.dataset
-    if name in LOCAL_DATASETS:
+    base, _, variant = name.split(":")[0].partition("/")  # 'name/config:version'
+    if base in LOCAL_DATASETS:
         _tf()  # before TFDS writes anything with it
-        module = importlib.import_module(LOCAL_DATASETS[name])  # registers the name with TFDS
-        module.ensure_prepared(settings.data_dir)
+        module = importlib.import_module(LOCAL_DATASETS[base])  # registers the name with TFDS
+        module.ensure_prepared(settings.data_dir, *([variant] if variant else []))
+    if base in MANUAL_DATASETS:
+        importlib.import_module(MANUAL_DATASETS[base])  # registers the name with TFDS
     try:
         builder = tfds.builder(name, data_dir=settings.data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
@@ -351,20 +354,36 @@ def _should_cache(settings: InputConfig, builder) -> bool:
     if settings.cache is not None:
         return bool(settings.cache)
     size = int(getattr(builder.info, "dataset_size", 0) or 0)
-    return settings.dataset in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
+    return settings.dataset.split(":")[0].split("/")[0] in LOCAL_DATASETS or 0 < size < AUTO_CACHE_BYTES
 
 
-def _read(builder, split, *, cache: bool):
-    """The split's examples, undecoded and in file order: deterministic, and cheap to skip."""
+def _read(
+    builder,
+    split,
+    *,
+    cache: bool,
+    features: tuple[str, ...] = ("image", "label"),
+    select: Callable | None = None,
+):
+    """The split's `features`, undecoded and in file order: deterministic, and cheap to skip.
+
+    `select(example) -> dict`, if given, builds the task's example from the whole one instead
+    (detection: the boxes inside `objects`). Image features stay encoded either way (decoded in
+    the parallel map, after any skipping)."""
     import tensorflow_datasets as tfds
 
+    decoders = {
+        name: tfds.decode.SkipDecoding()
+        for name in (builder.info.features.keys() if select is not None else features)
+        if isinstance(builder.info.features[name], tfds.features.Image)
+    }
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True),
     )
-    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    ds = ds.map(select or (lambda ex: {name: ex[name] for name in features}))
     return ds.cache() if cache else ds
 
 
@@ -389,14 +408,23 @@ def _base_key(seed: int, process_index: int, stream: int):
 
 
 def _train_examples(
-    settings: InputConfig, builder, start_step: int, steps: int, local_batch: int, shard: int, shards: int
+    settings: InputConfig,
+    builder,
+    start_step: int,
+    steps: int,
+    local_batch: int,
+    shard: int,
+    shards: int,
+    features: tuple[str, ...] = ("image", "label"),
+    select: Callable | None = None,
 ):
-    """The stream of `(epoch, position, example)` of one shard from `start_step` on, undecoded."""
+    """The stream of `(epoch, position, example)` of one shard from `start_step` on, undecoded
+    (`features` and `select` as in `_read`)."""
     tf = _tf()
     import tensorflow_datasets as tfds
 
     split = tfds.split_for_jax_process(settings.train_split, process_index=shard, process_count=shards)
-    base = _read(builder, split, cache=_should_cache(settings, builder))
+    base = _read(builder, split, cache=_should_cache(settings, builder), features=features, select=select)
     # tf.data's shuffle mixes TF's global seed (tf.random.set_seed) into its op seed, and with one
     # set it cannot take the per-epoch tensor seed below at all. The stream must depend on
     # config.seed alone, so the global seed is cleared (anyone who set one loses it here).
@@ -524,7 +552,7 @@ def _padded(batches, size: int, num_batches: int | None) -> Iterator[dict[str, n
 
 
 def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    missing = size - len(batch["label"])
+    missing = size - len(batch["mask"])
     if missing == 0:
         return batch
     return {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}

@@ -11,6 +11,10 @@ Parameter tree (names shared with the accounting, the optimizer's weight
 decay mask and the Keras importer): `stem/{conv,bn}`, `block_{i}/expand/...`,
 `block_{i}/depthwise/{conv,bn}` (kernel (3, 3, 1, C)), `block_{i}/project/...`,
 `head/{conv,bn}`, `classifier/{kernel,bias}`.
+
+`final_endpoint` builds the network only up to a named feature (TF-Slim's
+`mobilenet_base(final_endpoint=...)`): a segmentation head on `block_16` has no
+1280-channel `head` conv, in its parameters or its multiply-adds.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ class Conv(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     pointwise_impl: str = "auto"
+    kernel_init: Any = _conv_init  # task heads use their own systems' initialisers
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         in_features = 1 if self.depthwise else x.shape[-1]
-        kernel = self.param("kernel", _conv_init, (k, k, in_features, self.features), jnp.float32)
+        kernel = self.param("kernel", self.kernel_init, (k, k, in_features, self.features), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.depthwise:
             return layers.depthwise_conv(x, kernel, self.stride, self.dilation, self.depthwise_impl)
@@ -72,6 +77,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     pointwise_impl: str = "auto"
+    kernel_init: Any = _conv_init
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -84,6 +90,7 @@ class ConvBN(nn.Module):
             self.dtype,
             self.depthwise_impl,
             self.pointwise_impl,
+            self.kernel_init,
             name="conv",
         )(x)
         bn = dict(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon)
@@ -143,6 +150,9 @@ class MobileNetV2(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     pointwise_impl: str = "auto"
+    # None: the whole network. Else the last layer built: 'stem', 'block_{i}' or 'head'; the call
+    # then returns that feature (with `taps`: `(feature, {name: tensor})`).
+    final_endpoint: str | None = None
 
     @nn.compact
     def __call__(
@@ -152,17 +162,23 @@ class MobileNetV2(nn.Module):
         return_features: bool = False,
         taps: Sequence[str] | None = None,
     ):
-        """Logits (or pooled features when `arch.num_classes` is 0).
+        """Logits (or pooled features when `arch.num_classes` is 0, or the `final_endpoint` feature).
 
         `return_features=True` also returns every named intermediate tensor; `taps` returns
         `(logits, {name: tensor})` for just the named ones (`spec.tap_names(arch)` lists them:
         `stem`, `block_{i}`, `block_{i}/expansion`, `head`, `pre_logits`), which is what a task
         head reads.
         """
+        if self.final_endpoint is not None and self.final_endpoint not in endpoint_names(self.arch):
+            raise ValueError(
+                f"final_endpoint: must be None or one of {', '.join(endpoint_names(self.arch))}, "
+                f"got {self.final_endpoint!r}"
+            )
+        known = computed_features(self.arch, self.final_endpoint)
         if taps is not None:
-            unknown = sorted(set(taps) - set(tap_names(self.arch)))
+            unknown = sorted(set(taps) - set(known))
             if unknown:
-                raise ValueError(f"taps: unknown feature {unknown}; known: {', '.join(tap_names(self.arch))}")
+                raise ValueError(f"taps: unknown feature {unknown}; known: {', '.join(known)}")
             return_features = True
         layers.resolve_impl("depthwise", self.depthwise_impl)  # fail early on a bad name
         layers.resolve_impl("pointwise", self.pointwise_impl)
@@ -180,16 +196,28 @@ class MobileNetV2(nn.Module):
         )
         features: dict[str, jax.Array] | None = {} if return_features else None
         arch = self.arch
+
+        def finish(x: jax.Array):
+            if taps is not None:
+                return x, {name: features[name] for name in taps}
+            return (x, features) if return_features else x
+
         x = unit(arch.stem.out_channels, arch.stem.kernel, arch.stem.stride, name="stem")(x, train)
         if features is not None:
             features["stem"] = x
+        if self.final_endpoint == "stem":
+            return finish(x)
         for block in arch.blocks:
             x = InvertedResidual(block, unit, name=block.name)(x, train, features)
             if features is not None:
                 features[block.name] = x
+            if self.final_endpoint == block.name:
+                return finish(x)
         x = unit(arch.head.out_channels, name="head")(x, train)
         if features is not None:
             features["head"] = x
+        if self.final_endpoint == "head":
+            return finish(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if features is not None:
             features["pre_logits"] = x
@@ -202,9 +230,19 @@ class MobileNetV2(nn.Module):
                 name="classifier",
             )(x)
             x = x.astype(jnp.float32)
-        if taps is not None:
-            return x, {name: features[name] for name in taps}
-        return (x, features) if return_features else x
+        return finish(x)
+
+
+def endpoint_names(arch: Architecture) -> tuple[str, ...]:
+    """Where a `MobileNetV2(arch, final_endpoint=...)` may stop: 'stem', 'block_{i}', 'head'."""
+    return ("stem", *(block.name for block in arch.blocks), "head")
+
+
+def computed_features(arch: Architecture, final_endpoint: str | None = None) -> tuple[str, ...]:
+    """The features a `MobileNetV2(arch, final_endpoint=...)` computes (its possible `taps`), in
+    network order."""
+    names = tap_names(arch)
+    return names if final_endpoint is None else names[: names.index(final_endpoint) + 1]
 
 
 def create_model(

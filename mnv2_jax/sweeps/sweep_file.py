@@ -66,7 +66,17 @@ CORE_KEYS = (("width", "w"), ("resolution", "r"), ("expansion", "t"), ("seed", "
 SUFFIX_ORDER = ("bottleneck_activation", "residual", "output_stride", "max_repeats", "num_classes", "dtype")
 
 # Classes of the datasets configs use, so that listing a sweep needs no TFDS lookup.
-NUM_CLASSES = {"imagenet2012": 1000, "mnist_offline": 10, "cifar10": 10, "imagenette": 10, "tf_flowers": 5}
+NUM_CLASSES = {
+    "imagenet2012": 1000,
+    "mnist_offline": 10,
+    "cifar10": 10,
+    "imagenette": 10,
+    "tf_flowers": 5,
+    "coco/2017": 80,
+    "mnist_detect_offline": 10,
+    "mnist_seg_offline": 11,
+    "voc2012_seg_aug": 21,
+}
 
 
 class Run(NamedTuple):
@@ -336,14 +346,15 @@ def validate_global_overrides(sweep: Sweep, overrides: dict[str, Any]) -> None:
 
 
 def run_counts(sweep: Sweep, run: Run) -> dict[str, int]:
-    """Analytic MAdds and parameters of a run (mnv2_jax.accounting; no JAX)."""
-    from mnv2_jax import accounting
-    from mnv2_jax import config as config_lib
+    """Analytic MAdds and parameters of a run, head included (the task's count; no JAX)."""
+    from mnv2_jax import tasks
 
     config = sweep.resolved(run)
-    num_classes = config.num_classes or NUM_CLASSES.get(config.dataset, 1000)
-    counts = accounting.count(config_lib.architecture_from_config(config, num_classes), config.resolution)
-    return {"madds": counts.madds, "params": counts.params}
+    full = config.dataset.split(":")[0]  # without a version; 'coco/2017' names its builder config
+    name = full if full in NUM_CLASSES else full.split("/")[0]
+    num_classes = config.num_classes or NUM_CLASSES.get(name, 1000)
+    counts = tasks.get_task(config).count(num_classes)  # the task's head on the backbone
+    return {"madds": counts["madds"], "params": counts["params"]}
 
 
 def list_runs(sweep: Sweep) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ builds it from the resolved config.
 * `eval_outputs(model, variables, batch)`: what one eval batch contributes (jit-compiled), and
   `evaluator()`: an `Evaluator` that accumulates those contributions over the eval split and
   returns the eval metrics (`eval/<name>`).
+* `weight_decay_rule(path)`: True/False where the task's head decides whether a parameter gets
+  L2 weight decay, None to leave it to the recipe's rule (`train.optim.decays`).
 """
 
 from __future__ import annotations
@@ -67,3 +69,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluator(self) -> Evaluator: ...
+
+    def weight_decay_rule(self, path: tuple[str, ...]) -> bool | None:
+        """Whether the parameter at `path` gets weight decay; None: the recipe's rule decides."""
+        return None

@@ -306,7 +306,7 @@ def train_and_evaluate(
             "choose a group size that makes the group count a multiple or divisor of the device count"
         )
     model = task.model(num_classes)
-    tx = optim.create_optimizer(config, steps_per_epoch)
+    tx = optim.create_optimizer(config, steps_per_epoch, decay_rule=task.weight_decay_rule)
     opt = optim.resolve_optim(config)
     state = jax.jit(
         lambda: state_lib.create_train_state(

@@ -14,4 +14,10 @@ Import the module itself to register its name with TFDS, e.g.::
 from __future__ import annotations
 
 # Dataset names provided here, mapped to the module that registers each one.
-LOCAL_DATASETS: dict[str, str] = {"mnist_offline": "mnv2_jax.data.datasets.mnist_offline"}
+LOCAL_DATASETS: dict[str, str] = {
+    "mnist_offline": "mnv2_jax.data.datasets.mnist_offline",
+    "mnist_detect_offline": "mnv2_jax.data.datasets.mnist_detect_offline",
+    "mnist_seg_offline": "mnv2_jax.data.datasets.mnist_seg_offline",
+}
+# Builders of datasets downloaded by hand, registered with TFDS when a config names them.
+MANUAL_DATASETS: dict[str, str] = {"voc2012_seg_aug": "mnv2_jax.data.datasets.voc2012_seg_aug"}

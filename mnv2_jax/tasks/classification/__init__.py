@@ -13,8 +13,9 @@ from typing import Any
 from mnv2_jax import accounting
 from mnv2_jax import config as config_lib
 from mnv2_jax.tasks.base import Batch, Task
-from mnv2_jax.tasks.classification import loss as loss_lib
-from mnv2_jax.tasks.classification.evaluator import ClassificationEvaluator
+
+# The loss and evaluator import JAX: they load when used, so that `count` (sweep listings,
+# `mnv2 info`) stays free of it.
 
 
 class ClassificationTask(Task):
@@ -47,6 +48,8 @@ class ClassificationTask(Task):
         return {"madds": counts.madds, "params": counts.params, "params_bn": counts.params_bn}
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        from mnv2_jax.tasks.classification import loss as loss_lib
+
         label_smoothing = self.config.optim.get("label_smoothing") or 0.0
         return loss_lib.train_loss(outputs, batch["label"], label_smoothing)
 
@@ -54,12 +57,15 @@ class ClassificationTask(Task):
         import jax.numpy as jnp
 
         from mnv2_jax.models.inference import predict
+        from mnv2_jax.tasks.classification import loss as loss_lib
 
         logits = predict(model, variables, batch["image"])
         mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
         return loss_lib.eval_sums(logits, batch["label"], mask)
 
-    def evaluator(self) -> ClassificationEvaluator:
+    def evaluator(self) -> Any:
+        from mnv2_jax.tasks.classification.evaluator import ClassificationEvaluator
+
         return ClassificationEvaluator()
 
 
