@@ -250,7 +250,7 @@ def test_reference_paper_puts_the_published_points_beside_the_runs(roots, tmp_pa
     assert {"×1.4", "×1.3", "×0.75"} <= {t.get_text() for t in right.texts}
     assert len(left.lines) - len(figures.plot_fig5(points, "eval_ema/top1").axes[0].lines) == 5
     assert sum("published" in t.get_text() for t in left.get_legend().get_texts()) == 1
-    assert "grey: " + published.SOURCE in fig._suptitle.get_text()
+    assert "grey: TF-Slim MobileNetV2 checkpoints (imagenet2012, as published)" in fig._suptitle.get_text()
     cli.main(["plot", "fig5", roots["grid"], "--reference", "paper", "--out", str(tmp_path)])
     assert os.path.exists(tmp_path / "fig5.png")
 

@@ -371,7 +371,7 @@ def test_bad_inputs_name_the_key(data_dir):
     with pytest.raises(ValueError, match="'optim.lr_schedule'"):
         from mnv2_jax.train import optim
 
-        optim.resolve_optim(seg_config(data_dir, **{"optim.lr_schedule": "cosine"}))
+        optim.resolve_optim(seg_config(data_dir, **{"optim.lr_schedule": "linear"}))
 
 
 def _write_voc_archives(manual: str, voc_ids: dict[str, list[str]], sbd_ids: dict[str, list[str]]) -> dict:

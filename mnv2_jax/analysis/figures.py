@@ -218,7 +218,7 @@ def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC, reference: 
         ax.margins(x=0.08)
         ax.set_xlabel("Multiply-adds, millions (log scale)")
         ax.set_title(title, fontsize=11)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best" if reference else "lower right")  # not over the grey points
         ax.grid(True, which="both", alpha=0.3)
     _percent_axis(left, metric)
     n_seeds = max(len(p.runs) for p in points)
@@ -229,9 +229,12 @@ def plot_fig5(points: Sequence[Point], metric: str = DEFAULT_METRIC, reference: 
         from mnv2_jax.analysis import published
 
         datasets = sorted({str(p.config.get("dataset")) for p in points})
-        title += f"\ncolour: these runs ({', '.join(datasets)}); grey: {published.SOURCE}"
+        title += (
+            f"\ncolour: these runs ({', '.join(datasets)}); grey: {published.SOURCE.split(' (')[0]} "
+            f"({published.DATASET}, as published)"
+        )
         if any(d.split(":")[0] != published.DATASET for d in datasets):
-            title += "; different datasets: compare the trends, not the values"
+            title += "\ndifferent datasets: compare the trends, not the values"
     fig.suptitle(title, fontsize=11 if reference else None)
     return fig
 

@@ -178,10 +178,12 @@ def run_sweep(
     started = len(result.skipped)
     shown = progress.bar(result.total, f"sweep {sweep.name}", unit="run", initial=finished, enabled=console)
 
-    def eta() -> str:
+    def eta(starting: int = 0) -> str:
+        """Time left: the mean duration of the finished runs times the runs not finished (those
+        pending, running and `starting`), `parallel` at a time."""
         if not durations:
             return ""
-        left = len(pending) + len(running)
+        left = len(pending) + len(running) + starting
         return f", ETA {_duration(sum(durations) / len(durations) * left / parallel)}" if left else ""
 
     try:
@@ -190,7 +192,7 @@ def run_sweep(
                 run = pending.pop(0)
                 started += 1
                 elapsed = time.time() - start
-                timing = f" (elapsed {_duration(elapsed)}{eta()})" if elapsed >= 1 else ""
+                timing = f" (elapsed {_duration(elapsed)}{eta(starting=1)})" if elapsed >= 1 else ""
                 counter = f"[{started}/{result.total}] "
                 running.append(
                     _start(sweep, run, root, global_overrides, prefix, child_env, log, counter, timing)
