@@ -3,7 +3,8 @@
     mnv2 sweep list sweeps/detection.py
     mnv2 sweep launch sweeps/detection.py --tpu v3-8-a --zone europe-west4-a \
         --workdir gs://BUCKET/sweeps/detection --data-dir gs://BUCKET/tfds
-    mnv2 plot fig5 runs/detection --metric eval/AP
+    mnv2 plot ap runs/detection        # COCO AP vs multiply-adds
+    mnv2 plot table runs/detection     # Table 6: params, MAdds, AP, AP50, AP75
 
 The paper's system (configs/detection/coco.py, recipe 'tf_od': 320 x 320, batch 24) at widths
 0.35, 0.5, 0.75 and 1.0, and the 1.0 network at 192, 256, 300 (TF's sample config) and 384:

@@ -2,6 +2,8 @@
 
     mnv2 sweep list sweeps/segmentation.py
     mnv2 sweep run sweeps/segmentation.py --workdir runs/segmentation
+    mnv2 plot miou runs/segmentation     # mIOU vs multiply-adds, one curve per output stride / ASPP
+    mnv2 plot table runs/segmentation    # Table 7: OS, ASPP, MF, flip, params, MAdds, mIOU
 
 Widths 0.35 and 0.5, output stride 16 and 8, without and with the ASPP branches, on
 configs/segmentation/offline.py (digits on photos, 11 classes). Each run's `summary.json`

@@ -14,7 +14,9 @@ A run without `summary.json`, or whose summary does not say `"complete": true`, 
 plotted: it is reported on stderr by name (with how far it got) and skipped, so a half
 finished sweep never silently loses a point; so are the runs of a sweep that never started
 (the sweep root's manifest lists every run of the sweep; runs without a folder are listed).
-Top-1 is that of the EMA weights (`eval_ema/top1`) unless `metric` says otherwise (`eval/top1`: raw).
+The metric is the task's (`TASK_METRICS`: top-1, COCO AP, mIOU) of the EMA weights (`eval_ema/...`)
+unless `metric` says otherwise (`eval/...`: raw weights). Each plot kind reads runs of one task
+(`KIND_TASKS`); the table reads runs of any one task.
 """
 
 from __future__ import annotations
@@ -25,27 +27,58 @@ import os
 import re
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mnv2_jax import workdir as workdir_lib
 
-KINDS = ("fig5", "fig6a", "fig6b", "expansion", "table")
+KINDS = ("fig5", "fig6a", "fig6b", "expansion", "ap", "miou", "table")
 DEFAULT_METRIC = "eval_ema/top1"
 RAW_METRIC = "eval/top1"
+# The metric each task's evaluator reports (`eval/<name>`, `eval_ema/<name>`), plotted by default.
+TASK_METRICS = {"classification": "top1", "detection": "AP", "segmentation": "miou"}
+# The task whose runs each figure draws (the table takes any one task).
+KIND_TASKS = {
+    "fig5": "classification",
+    "fig6a": "classification",
+    "fig6b": "classification",
+    "expansion": "classification",
+    "ap": "detection",
+    "miou": "segmentation",
+}
+# Runs written before the summary named its task are classification runs.
+DEFAULT_TASK = "classification"
+# Settings of a task's head that tell its networks apart, and where the run's config.json holds
+# them (the summary does not); runs of other tasks have None there.
+TASK_KEYS = {
+    "detection": {"head": "detection.head"},
+    "segmentation": {
+        "aspp": "segmentation.aspp",
+        "eval_scales": "segmentation.eval_scales",
+        "eval_flip": "segmentation.eval_flip",
+    },
+}
+HEAD_KEYS = tuple(key for keys in TASK_KEYS.values() for key in keys)
 SUMMARY_FILE = workdir_lib.SUMMARY
 THROUGHPUT_KEY = "train/images_per_sec"
 
 # What makes a point of a sweep: runs that agree on all of these (and differ at most in
 # seed) are seeds of one point. madds/params guard against merging different networks.
+# Their order is that of the parts of a curve's label (the head's settings first).
 POINT_KEYS = (
+    "task",
     "dataset",
+    "head",
+    "output_stride",
+    "aspp",
+    "eval_scales",
+    "eval_flip",
     "width",
     "resolution",
     "expansion",
     "bottleneck_activation",
     "residual",
-    "output_stride",
     "max_repeats",
     "recipe",
     "total_steps",
@@ -184,8 +217,22 @@ def _normalise(key: str, value: Any) -> Any:
         return float(value)
     if key == "width":
         return float(value)
+    if key == "eval_scales":  # a JSON list; a tuple keeps the point key hashable
+        return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),)
     if key in ("resolution", "seed", "total_steps", "output_stride", "max_repeats", *COUNT_KEYS):
         return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    return value
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    """`config['a.b']` (wandb's flat spelling) or `config['a']['b']` (config.json's nesting)."""
+    if dotted in config:
+        return config[dotted]
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
     return value
 
 
@@ -210,9 +257,16 @@ def run_from_records(
                 steps, values = curves.setdefault(key, ([], []))
                 steps.append(step)
                 values.append(_number(value))
+    task = summary.get("task", config.get("task")) or DEFAULT_TASK
+    task_keys = TASK_KEYS.get(task, {})
     run_config = {}
     for key in CONFIG_KEYS:
-        value = summary.get(key, config.get(key))
+        if key == "task":
+            value = task
+        elif key in HEAD_KEYS:
+            value = summary.get(key, _lookup(config, task_keys[key])) if key in task_keys else None
+        else:
+            value = summary.get(key, config.get(key))
         run_config[key] = _normalise(key, value)
     final = {k: _number(v) for k, v in summary.items() if k.startswith("eval") and _is_number(_number(v))}
     return Run(
@@ -449,13 +503,46 @@ def _sort_key(point: Point) -> tuple:
     )
 
 
+def runs_task(runs: Sequence[Run], what: str) -> str:
+    """The one task of `runs` (`DEFAULT_TASK` for none); AnalysisError naming the tasks when they
+    mix, since one figure or table compares networks of one task."""
+    found = Counter(str(run.config.get("task") or DEFAULT_TASK) for run in runs)
+    if len(found) > 1:
+        listed = ", ".join(f"{task} ({n} run{'s' * (n > 1)})" for task, n in sorted(found.items()))
+        raise AnalysisError(
+            f"{what}: the runs are of several tasks: {listed}; give the roots of one task at a time"
+        )
+    return next(iter(found), DEFAULT_TASK)
+
+
+def task_metric(task: str) -> str:
+    """The default metric of `task`: its evaluator's main value for the EMA weights."""
+    if task not in TASK_METRICS:
+        raise AnalysisError(f"task {task!r}: no plots for it; known tasks: {', '.join(TASK_METRICS)}")
+    return f"eval_ema/{TASK_METRICS[task]}"
+
+
 def choose_metric(points: Sequence[Point], metric: str, log: Callable[[str], None] = _stderr) -> str:
-    """`metric`; the default (EMA) falls back to the raw weights' top-1 when no run has EMA values."""
+    """`metric`; an EMA metric (`eval_ema/...`) falls back to the raw weights' (`eval/...`) when no
+    run has EMA values (EMA off)."""
     runs = [r for p in points for r in p.runs]
-    if metric == DEFAULT_METRIC and runs and not any(DEFAULT_METRIC in r.metrics for r in runs):
-        log(f"no run has {DEFAULT_METRIC} (EMA off?): using {RAW_METRIC}")
-        return RAW_METRIC
+    if metric.startswith("eval_ema/") and runs and not any(metric in r.metrics for r in runs):
+        raw = "eval/" + metric.split("/", 1)[1]
+        log(f"no run has {metric} (EMA off?): using {raw}")
+        return raw
     return metric
+
+
+def require_metric(points: Sequence[Point], metric: str) -> None:
+    """AnalysisError naming `--metric` and the final eval values the runs hold when none has `metric`."""
+    runs = [r for p in points for r in p.runs]
+    if runs and not any(_is_number(r.metrics.get(metric)) for r in runs):
+        held = sorted(
+            {k for r in runs for k in r.metrics if "/" in k and "time" not in k and "/iou/" not in k}
+        )
+        raise AnalysisError(
+            f"--metric {metric}: no run has it; the runs have {', '.join(held) or 'no eval values'}"
+        )
 
 
 def with_metric(points: Sequence[Point], metric: str, log: Callable[[str], None] = _stderr) -> list[Point]:

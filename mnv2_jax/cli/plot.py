@@ -4,6 +4,8 @@ mnv2 plot fig5 runs/width_resolution [ROOT ...] [--out DIR] [--metric eval/top1]
 mnv2 plot fig6a runs/bottleneck_activation
 mnv2 plot table runs/width_resolution runs/expansion
 mnv2 plot fig6b --wandb ENTITY/mnv2_jax-imagenet:residual
+mnv2 plot ap runs/detection; mnv2 plot table runs/detection          # Table 6
+mnv2 plot miou runs/segmentation; mnv2 plot table runs/segmentation  # Table 7
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ from __future__ import annotations
 import argparse
 import os
 
-KINDS = ("fig5", "fig6a", "fig6b", "expansion", "table")
-DEFAULT_METRIC = "eval_ema/top1"
-RAW_METRIC = "eval/top1"
+# Equal to mnv2_jax.analysis.records.KINDS (tested); the parser does not import the analysis.
+KINDS = ("fig5", "fig6a", "fig6b", "expansion", "ap", "miou", "table")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plot",
-        help="the paper's figures and Table 4 from run workdirs or wandb",
+        help="the paper's figures and Tables 4, 6, 7 from run workdirs or wandb",
         description=(
-            "fig5: top-1 vs multiply-adds per resolution and per width; fig6a: eval top-1 through "
-            "training, linear vs ReLU6 bottleneck; fig6b: the three residual variants; expansion: "
-            "top-1 vs expansion ratio per width; table: Table 4 (Markdown + CSV). Runs that differ "
-            "only in seed are averaged (mean ± std). Unfinished runs are reported and skipped."
+            "Classification runs -- fig5: top-1 vs multiply-adds per resolution and per width; "
+            "fig6a: eval top-1 through training, linear vs ReLU6 bottleneck; fig6b: the three "
+            "residual variants; expansion: top-1 vs expansion ratio per width. Detection runs -- "
+            "ap: COCO AP vs multiply-adds, one curve per head (and resolution). Segmentation runs "
+            "-- miou: mIOU vs multiply-adds, one curve per output stride / ASPP / eval mode. "
+            "table: the runs' task's table, Markdown + CSV (classification: Table 4; detection: "
+            "Table 6, AP/AP50/AP75; segmentation: Table 7, mIOU). The runs of one call must be of "
+            "one task. Runs that differ only in seed are averaged (mean ± std). Unfinished runs "
+            "are reported and skipped."
         ),
     )
     p.add_argument("kind", choices=KINDS)
@@ -37,13 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="read the runs from wandb (online only); GROUP is the sweep name",
     )
     p.add_argument(
-        "--metric", default=DEFAULT_METRIC, help=f"top-1 to plot (default {DEFAULT_METRIC}; or {RAW_METRIC})"
+        "--metric",
+        default=None,
+        help="the eval value to plot (default: the task's, EMA weights: eval_ema/top1, eval_ema/AP or "
+        "eval_ema/miou, raw eval/... when EMA is off; e.g. eval/top1, eval_ema/AP50)",
     )
     p.add_argument(
         "--reference",
         default=None,
         choices=("paper",),
-        help="fig5 and table: add the published ImageNet top-1 of the 22 TF-Slim MobileNetV2 "
+        help="fig5 and table of classification runs: add the published ImageNet top-1 of the 22 TF-Slim MobileNetV2 "
         "checkpoints (the paper's width x resolution grid; source in mnv2_jax/analysis/published.py)",
     )
     return p
