@@ -523,6 +523,18 @@ def test_train_and_eval_the_offline_config(tmp_path, data_dir, capsys):
     cli.main(["eval", "--workdir", workdir, "--json"])
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["eval/miou"] == pytest.approx(summary["eval/miou"], abs=1e-6)
+    # `mnv2 export`: the segmenter as TFLite, per-pixel logits checked against JAX's on export.
+    from mnv2_jax.data.datasets import mnist_seg_offline
+    from mnv2_jax.tools.interop import export, tflite
+
+    cli.main(["export", "--workdir", workdir, "--out", str(tmp_path / "export"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == "per_pixel_logits" and report["num_classes"] == mnist_seg_offline.NUM_CLASSES
+    assert report["tflite_max_rel_error"] < export.FLOAT_TOLERANCE
+    image = np.zeros((1, 128, 128, 3), np.float32)
+    assert tflite.run(report["tflite"], image).shape == (1, 128, 128, report["num_classes"])
+    with pytest.raises(ValueError, match="object models cannot be exported; classification"):
+        export.inference_function(object(), {})
     # A run initialised from another one's weights (as from ImageNet) trains: the state it starts
     # from holds no buffer twice (the train step donates it).
     finetuned = str(tmp_path / "finetuned")

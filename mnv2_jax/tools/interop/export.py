@@ -77,12 +77,40 @@ def _calibration_images(calibration: Any, resolution: int, count: int = 64) -> t
     return images, False
 
 
+def inference_function(module: Any, variables: dict) -> tuple[Callable, dict, str]:
+    """`(apply_fn, params, output)`: what is exported, `apply_fn(params, images)`, and the name of
+    its output.
+
+    A classifier (`MobileNetV2`) is exported batch-norm-folded (`models.folded`). A segmenter
+    (`MobileDeepLabV3`: backbone, DeepLabv3 head and the align-corners upsampling) is exported as
+    its eval-mode `apply` with XLA's convolutions; TFLite's converter folds the batch norms' constant
+    scales and offsets into the convolutions. Other models (the detector, whose TFLite form needs
+    TF's detection post-processing op) are refused.
+    """
+    import jax.numpy as jnp
+
+    from mnv2_jax.models.mobilenet_v2 import MobileNetV2
+    from mnv2_jax.tasks.segmentation.head import MobileDeepLabV3
+
+    if isinstance(module, MobileNetV2):
+        apply_fn, folded = fold_batch_norm(module, variables)
+        return apply_fn, folded, "logits" if module.arch.num_classes else "pre_logits"
+    if isinstance(module, MobileDeepLabV3):
+        plain = module.clone(depthwise_impl="lax", pointwise_impl="lax", dtype=jnp.float32)
+        return (lambda v, x: plain.apply(v, x, train=False)), variables, "per_pixel_logits"
+    raise ValueError(
+        f"export: {type(module).__name__} models cannot be exported; classification (MobileNetV2) and "
+        "segmentation (MobileDeepLabV3) runs can"
+    )
+
+
 def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-12))
 
 
 def to_saved_model(apply_fn: Callable, params: dict, resolution: int, path: str) -> Any:
-    """Write a SavedModel with signature `serving_default(images[b, r, r, 3]) -> {'logits'}`.
+    """Write a SavedModel with signature `serving_default(images[b, r, r, 3]) -> {'logits'}` (for a
+    segmenter, logits per pixel: (b, r, r, classes)).
 
     The batch is symbolic (`b`), so the SavedModel serves any batch size;
     the weights are constants in the serialized StableHLO.
@@ -169,7 +197,8 @@ def export(
     The report holds `max_rel_error` per artefact (vs the unfolded JAX model,
     relative to the output's largest magnitude) and, for int8 with a
     classifier, `int8_top1_agreement`: the fraction of calibration images
-    whose int8 top-1 class equals the float JAX model's.
+    whose int8 top-1 class equals the float JAX model's (for a segmenter,
+    `int8_pixel_agreement`: the same per pixel).
     """
     if format not in FORMATS:
         raise ValueError(f"format: must be one of {FORMATS}, got {format!r}")
@@ -177,6 +206,7 @@ def export(
         raise ValueError(f"quantize: must be one of {QUANTIZATIONS}, got {quantize!r}")
     if quantize and format != "tflite":
         raise ValueError("quantize='int8' applies to format='tflite' only")
+    apply_fn, params, output = inference_function(module, variables)
     import jax
     import jax.numpy as jnp
 
@@ -193,14 +223,14 @@ def export(
         [np.asarray(reference_fn(variables, images[i : i + 16])) for i in range(0, len(images), 16)]
     )
 
-    apply_fn, folded = fold_batch_norm(module, variables)
+    num_classes = getattr(module, "num_classes", None) or module.arch.num_classes
     report: dict[str, Any] = {
         "format": format,
         "quantize": quantize,
         "resolution": resolution,
         "width": module.arch.width,
-        "num_classes": module.arch.num_classes,
-        "output": "logits" if module.arch.num_classes else "pre_logits",
+        "num_classes": num_classes,
+        "output": output,
         "input": "images (batch, resolution, resolution, 3), float32 in [-1, 1]",
         "check_images": len(images),
         "check_images_synthetic": synthetic,
@@ -210,14 +240,14 @@ def export(
     }
 
     saved_model_dir = os.path.join(out_dir, "saved_model")
-    to_saved_model(apply_fn, folded, resolution, saved_model_dir)
+    to_saved_model(apply_fn, params, resolution, saved_model_dir)
     loaded = tf.saved_model.load(saved_model_dir)
     served = loaded.signatures["serving_default"](images=tf.constant(images[:16]))["logits"].numpy()
     report["saved_model"] = saved_model_dir
     report["saved_model_max_rel_error"] = _relative_error(served, reference[:16])
 
     if format == "tflite":
-        flatbuffer = to_tflite(apply_fn, folded, resolution, quantize, images)
+        flatbuffer = to_tflite(apply_fn, params, resolution, quantize, images)
         path = os.path.join(out_dir, "model_int8.tflite" if quantize else "model.tflite")
         with open(path, "wb") as f:
             f.write(flatbuffer)
@@ -225,7 +255,10 @@ def export(
         report["tflite"] = path
         report["tflite_bytes"] = len(flatbuffer)
         report["tflite_max_rel_error"] = _relative_error(out, reference[: len(out)])
-        if quantize and module.arch.num_classes:
+        if quantize and output == "per_pixel_logits":
+            agreement = np.argmax(out, axis=-1) == np.argmax(reference[: len(out)], axis=-1)
+            report["int8_pixel_agreement"] = float(agreement.mean())
+        elif quantize and module.arch.num_classes:
             float_top1 = np.argmax(reference, axis=-1)
             report["int8_top1_agreement"] = float((np.argmax(out, axis=-1) == float_top1).mean())
             # How many classes the float model picks on these images: an untrained net (or noise
