@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 
 def cmd_import_keras(args: argparse.Namespace) -> None:
@@ -30,7 +31,21 @@ def cmd_export(args: argparse.Namespace) -> None:
     module, variables, config = export.load_for_export(args.workdir)
     resolution = args.resolution or config.resolution
     calibration = None
-    if args.quantize and args.calibration > 0:
+    if config.get("task", "classification") == "detection":
+        # The images the TFLite detections are checked on: a few of the eval split's.
+        from mnv2_jax.tools.interop import detection_export
+
+        if args.data_dir:
+            config.data_dir = args.data_dir
+        config.resolution = resolution
+        try:
+            calibration = detection_export.check_images(config)
+        except (ValueError, OSError) as e:
+            print(
+                f"mnv2 export: {config.dataset} not available ({e}); checking the detections on noise images",
+                file=sys.stderr,
+            )
+    elif args.quantize and args.calibration > 0:
         if args.data_dir:
             config.data_dir = args.data_dir
         config.resolution = resolution
@@ -51,8 +66,18 @@ def cmd_export(args: argparse.Namespace) -> None:
         format=args.format,
         quantize=args.quantize,
         calibration=calibration,
+        nms=_nms_settings(config),
     )
     print(json.dumps(report, indent=None if args.json else 2))
+
+
+def _nms_settings(config: Any) -> Any:
+    """A detection run's post-processing settings (what its TFLite export's op is given)."""
+    if config.get("task", "classification") != "detection":
+        return None
+    from mnv2_jax.tasks import get_task
+
+    return get_task(config).nms_settings()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -84,14 +84,20 @@ def inference_function(module: Any, variables: dict) -> tuple[Callable, dict, st
     A classifier (`MobileNetV2`) is exported batch-norm-folded (`models.folded`). A segmenter
     (`MobileDeepLabV3`: backbone, DeepLabv3 head and the align-corners upsampling) is exported as
     its eval-mode `apply` with XLA's convolutions; TFLite's converter folds the batch norms' constant
-    scales and offsets into the convolutions. Other models (the detector, whose TFLite form needs
-    TF's detection post-processing op) are refused.
+    scales and offsets into the convolutions. The detector (`SSDLite`), whose TFLite form carries
+    TF's detection post-processing op, exports through `detection_export` (`export` sends it
+    there); other models are refused.
     """
     import jax.numpy as jnp
 
     from mnv2_jax.models.mobilenet_v2 import MobileNetV2
     from mnv2_jax.tasks.segmentation.head import MobileDeepLabV3
+    from mnv2_jax.tools.interop import detection_export
 
+    if detection_export.is_detector(module):  # a MobileNetV2 subclass: ask first
+        raise ValueError(
+            "export: the detector exports through detection_export.export (export() sends it there)"
+        )
     if isinstance(module, MobileNetV2):
         apply_fn, folded = fold_batch_norm(module, variables)
         return apply_fn, folded, "logits" if module.arch.num_classes else "pre_logits"
@@ -99,8 +105,8 @@ def inference_function(module: Any, variables: dict) -> tuple[Callable, dict, st
         plain = module.clone(depthwise_impl="lax", pointwise_impl="lax", dtype=jnp.float32)
         return (lambda v, x: plain.apply(v, x, train=False)), variables, "per_pixel_logits"
     raise ValueError(
-        f"export: {type(module).__name__} models cannot be exported; classification (MobileNetV2) and "
-        "segmentation (MobileDeepLabV3) runs can"
+        f"export: {type(module).__name__} models cannot be exported; classification (MobileNetV2), "
+        "segmentation (MobileDeepLabV3) and detection (SSDLite) runs can"
     )
 
 
@@ -182,6 +188,7 @@ def export(
     format: str = "tflite",
     quantize: str | None = None,
     calibration: np.ndarray | Iterable[np.ndarray] | None = None,
+    nms: Any = None,
 ) -> dict:
     """Export `module` with `variables` for `resolution` x `resolution` inputs in [-1, 1].
 
@@ -199,6 +206,9 @@ def export(
     classifier, `int8_top1_agreement`: the fraction of calibration images
     whose int8 top-1 class equals the float JAX model's (for a segmenter,
     `int8_pixel_agreement`: the same per pixel).
+
+    A detector (`SSDLite`) goes to `detection_export.export`: float32 only, `calibration` gives
+    the images its detections are checked on, `nms` the task's `NMSSettings`.
     """
     if format not in FORMATS:
         raise ValueError(f"format: must be one of {FORMATS}, got {format!r}")
@@ -206,6 +216,13 @@ def export(
         raise ValueError(f"quantize: must be one of {QUANTIZATIONS}, got {quantize!r}")
     if quantize and format != "tflite":
         raise ValueError("quantize='int8' applies to format='tflite' only")
+    from mnv2_jax.tools.interop import detection_export
+
+    if detection_export.is_detector(module):
+        if quantize:
+            raise ValueError("quantize='int8': detection exports are float32 only")
+        images = None if calibration is None else _calibration_images(calibration, resolution)[0]
+        return detection_export.export(variables, module, resolution, out_dir, format, images, nms)
     apply_fn, params, output = inference_function(module, variables)
     import jax
     import jax.numpy as jnp
