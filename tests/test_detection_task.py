@@ -341,3 +341,112 @@ def test_mnv2_train_runs_the_tf_od_preset_on_coco(tmp_path):
     assert train[0]["lr"] == pytest.approx(0.004 * 8 / 24)  # lr 0.004 at batch 24, scaled to 8
     config = config_lib.apply_overrides(config_lib.load_config(COCO_CONFIG), overrides)
     assert summary["params"] == get_task(config).count(80)["params"]
+
+
+# ------------------------------------------------------------------------------------------ export
+def _random_detector(config, seed: int = 0):
+    """The config's detector with random weights spread like trained ones (batch norm not the
+    identity, biases away from zero), built from the variables' shapes alone (no init to run)."""
+    import functools
+
+    import jax
+
+    module = get_task(config).model(10)
+    x = jax.ShapeDtypeStruct((1, config.resolution, config.resolution, 3), np.float32)
+    shapes = jax.eval_shape(functools.partial(module.init, train=False), jax.random.PRNGKey(0), x)
+    rng = np.random.default_rng(seed)
+
+    def randomize(path, leaf):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        if name in ("bias", "mean"):
+            return rng.normal(0.0, 0.5, leaf.shape).astype(np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+
+    return module, jax.tree_util.tree_map_with_path(randomize, shapes)
+
+
+def test_mnv2_export_writes_tflite_with_the_postprocessing_op_matching_jax(data_dir, tmp_path, capsys):
+    """`mnv2 export` of a detection weights folder: one TFLite model whose detections (TFLite's
+    `TFLite_Detection_PostProcess` op) equal the JAX post-processing's, checked on export on the
+    tiny split's images and here again on other images."""
+    import jax
+
+    from mnv2_jax import workdir as workdir_lib
+    from mnv2_jax.tasks.detection import postprocess
+    from mnv2_jax.tools.interop import detection_export, tflite
+    from mnv2_jax.train import checkpoint
+
+    config = offline_config(data_dir, num_classes=10)
+    module, variables = _random_detector(config)
+    workdir = str(tmp_path / "weights")
+    os.makedirs(workdir)
+    checkpoint.save_variables(workdir, variables)
+    workdir_lib.write_config(workdir, json.loads(config.to_json()))
+    capsys.readouterr()
+    cli.main(["export", "--workdir", workdir, "--out", str(tmp_path / "export"), "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after TFDS' own lines
+    assert report["output"] == "detections" and report["num_classes"] == 10
+    assert not report["check_images_synthetic"] and report["check_images"] == detection_export.CHECK_IMAGES
+    check = report["tflite_check"]
+    assert check["passed"] and check["missing_in_tflite"] == check["missing_in_jax"] == 0
+    assert check["compared_detections"] >= report["check_images"]  # something was compared
+    assert check["max_box_error"] <= 1e-4 and check["max_score_error"] <= 1e-4
+    assert report["postprocess"]["use_regular_nms"] and report["postprocess"]["max_detections"] == 100
+    assert report["saved_model_max_rel_error"] < 1e-3
+    assert json.load(open(tmp_path / "export" / "export.json"))["tflite_check"] == check
+
+    interp = tflite.interpreter(model_path=report["tflite"])
+    ops = {op["op_name"] for op in interp._get_ops_details()}
+    assert "TFLite_Detection_PostProcess" in ops and {"CONV_2D", "DEPTHWISE_CONV_2D"} <= ops
+    (inp,) = interp.get_input_details()
+    assert list(inp["shape"]) == [1, 64, 64, 3]
+    # Fresh images, outside the export's own check: the top detections, row by row.
+    images = np.random.default_rng(5).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    found = detection_export.run_tflite(report["tflite"], images)
+    assert found["detection_boxes"].shape == (2, 100, 4) and found["detection_scores"].shape == (2, 100)
+    assert found["detection_classes"].shape == (2, 100) and found["num_detections"].shape == (2,)
+    plain = module.clone(depthwise_impl="lax", pointwise_impl="lax")
+    outputs = jax.jit(lambda x: plain.apply(variables, x, train=False))(images)
+    anchors = get_task(config).anchors()
+    expected = postprocess.detect(outputs["box_encodings"], outputs["class_logits"], anchors)
+    np.testing.assert_array_equal(found["num_detections"], expected["num_detections"])
+    top = 10
+    np.testing.assert_array_equal(found["detection_classes"][:, :top], expected["classes"][:, :top])
+    np.testing.assert_allclose(found["detection_scores"][:, :top], expected["scores"][:, :top], atol=1e-5)
+    np.testing.assert_allclose(found["detection_boxes"][:, :top], expected["boxes"][:, :top], atol=1e-4)
+    # Clipped to the image (up to the float error of re-encoding the clipped boxes).
+    assert np.all((found["detection_boxes"] >= -1e-5) & (found["detection_boxes"] <= 1 + 1e-5))
+
+
+def test_export_check_flags_moved_boxes_other_classes_and_missing_detections():
+    from mnv2_jax.tools.interop import detection_export
+
+    boxes = np.zeros((1, 5, 4), np.float32)
+    boxes[0, :3] = [[0.1, 0.1, 0.4, 0.5], [0.5, 0.2, 0.9, 0.6], [0.0, 0.0, 1.0, 1.0]]
+    reference = {
+        "detection_boxes": boxes,
+        "detection_classes": np.array([[3, 1, 3, 0, 0]], np.int32),
+        "detection_scores": np.array([[0.9, 0.5, 0.0005, 0.0, 0.0]], np.float32),
+        "num_detections": np.array([3], np.int32),
+    }
+    same = detection_export.compare_detections({k: v.copy() for k, v in reference.items()}, reference)
+    # The third detection scores below the check's threshold: two compared.
+    assert same["passed"] and same["compared_detections"] == 2 and same["max_box_error"] == 0.0
+    moved = {k: v.copy() for k, v in reference.items()}
+    moved["detection_boxes"][0, 1, 2] += 1e-3
+    result = detection_export.compare_detections(moved, reference)
+    assert not result["passed"] and result["missing_in_tflite"] == result["missing_in_jax"] == 1
+    relabelled = {k: v.copy() for k, v in reference.items()}
+    relabelled["detection_classes"][0, 0] = 2
+    assert not detection_export.compare_detections(relabelled, reference)["passed"]
+    rescored = {k: v.copy() for k, v in reference.items()}
+    rescored["detection_scores"][0, 0] += 1e-3
+    result = detection_export.compare_detections(rescored, reference)
+    assert not result["passed"] and result["max_score_error"] == pytest.approx(1e-3, rel=1e-3)
+    fewer = {k: v.copy() for k, v in reference.items()}
+    fewer["num_detections"][0] = 1
+    result = detection_export.compare_detections(fewer, reference)
+    assert not result["passed"] and result["missing_in_tflite"] == 1 and result["num_detections_equal"] == 0
