@@ -33,7 +33,6 @@ import os
 import filelock
 import numpy as np
 import tensorflow_datasets as tfds
-from scipy.ndimage import maximum_filter
 
 from mnv2_jax.data.datasets import mnist_offline
 
@@ -106,6 +105,8 @@ def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 def make_example(split: str, index: int) -> dict[str, np.ndarray]:
     """Canvas `index` of `split`: `{'image': uint8 (128, 128, 3), 'segmentation_mask': uint8 (128, 128, 1)}`."""
+    from scipy.ndimage import maximum_filter
+
     rng = np.random.default_rng([_SPLIT_SEED[split], index])
     images, labels = mnist_offline.load_arrays()
     pool = mnist_offline.split_indices(labels, "train" if split == "train" else "test")
