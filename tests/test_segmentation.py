@@ -307,6 +307,19 @@ def test_offline_canvases_follow_voc_semantics(data_dir):
     assert builder.info.metadata["class_names"][:2] == ["background", "digit_0"]
 
 
+def test_offline_digits_are_dilated_before_resizing(monkeypatch):
+    """The bold digits: the same canvases drawn from undilated MNIST ink label fewer digit pixels."""
+    from mnv2_jax.data.datasets import mnist_seg_offline as seg_data
+
+    def digit_pixels() -> int:
+        masks = [seg_data.make_example("test", i)["segmentation_mask"] for i in range(6)]
+        return int(sum(((m >= 1) & (m <= 10)).sum() for m in masks))
+
+    bold = digit_pixels()
+    monkeypatch.setattr(seg_data, "INK_DILATION", 1)
+    assert digit_pixels() < 0.8 * bold
+
+
 def _run_tf(fn, *args):
     return [np.asarray(t) for t in fn(*args)]
 
@@ -502,6 +515,7 @@ def test_train_and_eval_the_offline_config(tmp_path, data_dir, capsys):
         "dataset": TINY_DATASET, "data_dir": data_dir, "max_repeats": 1, "segmentation.crop_size": 64,
         "segmentation.depth": 32, "batch_size": 8, "eval_batch_size": 32, "total_steps": 4,
         "log_every_steps": 2, "eval_every_steps": 4, "checkpoint_every_steps": 4, "progress": False,
+        "optim.warmup_epochs": 0.0,
     }  # fmt: skip
     cli.main(
         [
@@ -518,7 +532,7 @@ def test_train_and_eval_the_offline_config(tmp_path, data_dir, capsys):
     assert {"eval/iou/background", "eval/pixel_acc", "params_total"} <= set(summary)
     records = workdir_lib.read_metrics(workdir)
     assert [r["step"] for r in records if "train/pixel_acc" in r] == [2, 4]
-    assert records[-1]["lr"] == pytest.approx(0.05 * 8 / 16 * (1 - 3 / 4) ** 0.9)  # the 4th update's rate
+    assert records[-1]["lr"] == pytest.approx(0.004 * 8 / 16 * (1 - 3 / 4) ** 0.9)  # the 4th update's rate
     capsys.readouterr()
     cli.main(["eval", "--workdir", workdir, "--json"])
     evaluated = json.loads(capsys.readouterr().out)

