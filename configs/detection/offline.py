@@ -15,7 +15,9 @@ Measured (seed 0, 1,200 steps = 9.6 epochs, evaluated once at the end on the 500
 * from scratch: 11 min 55 s wall; eval AP 0.005, AP50 0.016, AP75 0.002 (EMA weights:
   0.005 / 0.015 / 0.002);
 * from the MNIST run (600 steps of 128 at 48 px, 2 min 35 s, 97.0% top-1): 8 min 36 s wall, 11 min
-  11 s for both commands; eval AP 0.018, AP50 0.059, AP75 0.007 (EMA weights: 0.022 / 0.064 / 0.009).
+  11 s for both commands; eval AP 0.018, AP50 0.059, AP75 0.007 (EMA weights: 0.022 / 0.064 / 0.009);
+  with `--config.optim.lr=0.05` as well: 6 min 52 s wall (load 3.2-4.5), 9 min 27 s for both
+  commands; eval AP 0.028, AP50 0.075, AP75 0.013 (EMA weights: 0.032 / 0.079 / 0.019).
 Both are far short of the AP50 0.5 a usable detector of these digits should reach: SSD's slow start
 (the first ~1,000 steps predict the class prior everywhere; training loss 9.3 / 8.9 at the end,
 still falling). The earlier default, 3,000 steps from scratch with zero class biases and evaluations
