@@ -173,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Detection API, its targets, loss and post-processing.
     c.detection = ml_collections.ConfigDict()
     c.detection.head = "ssdlite"  # or 'ssd': regular 3x3 convs (the paper's Table 5 comparison)
+    # Initial class-predictor biases: None = zero (TF's SSDLite config); p = RetinaNet's prior (p on
+    # every class, 1 - p on background), e.g. 0.01 for a faster start on small runs.
+    c.detection.class_prior = ml_collections.config_dict.placeholder(float)
     c.detection.max_boxes = 100  # ground-truth boxes per image, padded
     c.detection.random_crop = True  # TF's ssd_random_crop
     c.detection.neg_pos_ratio = 3.0  # hard negative mining: negatives kept per positive

@@ -275,3 +275,23 @@ def test_detection_sweep_lists_the_detector_counts():
         4_286_261,
     )
     assert listed["w1.0_r300_t6_s0"]["madds"] == 734_610_416
+
+
+def test_class_prior_sets_the_class_biases_and_the_initial_scores():
+    arch = spec.build_architecture(width=0.35, max_repeats=1, num_classes=0)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)), jnp.float32)
+    zero = SSDLite(arch, num_slots=11)
+    flat = flatten_dict(zero.init(jax.random.PRNGKey(0), x)["params"])
+    assert not any(np.any(flat[(f"{kind}_predictor_0", "conv", "bias")]) for kind in ("box", "class"))
+
+    model = SSDLite(arch, num_slots=11, class_prior=0.01)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    flat = flatten_dict(variables["params"])
+    bias = np.asarray(flat[("class_predictor_0", "conv", "bias")]).reshape(3, 11)  # 3 anchors x 11 slots
+    np.testing.assert_allclose(bias[:, 0], np.log(0.99 / 0.01), rtol=1e-6)  # background
+    np.testing.assert_allclose(bias[:, 1:], np.log(0.01 / 0.99), rtol=1e-6)
+    assert not np.any(np.asarray(flat[("box_predictor_0", "conv", "bias")]))
+    scores = jax.nn.sigmoid(jax.jit(model.apply)(variables, x)["class_logits"])
+    assert 0.005 < float(jnp.mean(scores[..., 1:])) < 0.02 and float(jnp.mean(scores[..., 0])) > 0.98
+    with pytest.raises(ValueError, match="detection.class_prior"):
+        SSDLite(arch, num_slots=11, class_prior=1.5).init(jax.random.PRNGKey(0), x)

@@ -69,6 +69,7 @@ class DetectionTask(Task):
         kwargs = dict(
             num_slots=num_classes + 1,
             head_type=self._section().head,
+            class_prior=self._section().get("class_prior", None),
             bn_momentum=self.config.bn_momentum,
             bn_epsilon=self.config.bn_epsilon,
             dtype=jnp.bfloat16 if self.config.dtype == "bfloat16" else jnp.float32,

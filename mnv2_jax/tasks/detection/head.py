@@ -10,7 +10,8 @@ backbone's rounding to 8). On each map, unshared box and class predictors: a 3x3
 paper's Table 5 for comparison: 3x3 convs instead of the depthwise + 1x1 pairs (extras:
 `1x1 -> 3x3 stride 2`; predictors: one 3x3 conv with bias).
 
-Head kernels start from TF's truncated normal with stddev 0.03, biases from zero. Parameter
+Head kernels start from TF's truncated normal with stddev 0.03, biases from zero (`class_prior`, off
+by default, starts the class biases at RetinaNet's prior instead: `class_bias_init`). Parameter
 names mirror TF's scopes: `extra_{k}/{expand,depthwise,project}` (k = 2..5),
 `{box,class}_predictor_{m}/{depthwise,conv}` (m = 0..5); the backbone's names are unchanged
 (the module is a `MobileNetV2` with the head added), so ImageNet weights load by name.
@@ -23,6 +24,7 @@ map flattened in (y, x, anchor) order and the maps concatenated in order: the an
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +39,27 @@ from mnv2_jax.tasks.detection.layout import check_head_type, extra_depths, featu
 head_init = nn.initializers.truncated_normal(0.03)
 
 
+def class_bias_init(prior: float, num_slots: int) -> Any:
+    """Initial class-predictor biases for the sigmoid logits: `log(prior / (1 - prior))` on every
+    foreground slot and its negative on the background slot (column 0 of each anchor's `num_slots`),
+    so that each anchor starts out predicting background with probability `1 - prior`.
+
+    This is RetinaNet's prior initialisation (prior 0.01: bias -4.6, TF's `class_prediction_bias_init`
+    in its FPN and focal-loss SSD configs). `ssdlite_mobilenet_v2_coco.config` leaves the biases at
+    zero, and so does the head unless `class_prior` is set.
+    """
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"detection.class_prior must be in (0, 1), got {prior}")
+    logit = math.log(prior / (1.0 - prior))
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        del key
+        per_anchor = jnp.full((num_slots,), logit, dtype).at[0].set(-logit)
+        return jnp.tile(per_anchor, shape[0] // num_slots)
+
+    return init
+
+
 class BiasConv(nn.Module):
     """A k x k conv (TF 'SAME', stride 1) with a bias: the predictors' last layer."""
 
@@ -44,12 +67,13 @@ class BiasConv(nn.Module):
     kernel_size: int = 1
     dtype: Any = jnp.float32
     pointwise_impl: str = "auto"
+    bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", head_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if k == 1:
             y = layers.pointwise_conv(x, kernel, self.pointwise_impl)
@@ -85,12 +109,16 @@ class Predictor(nn.Module):
     unit: Any
     dtype: Any = jnp.float32
     pointwise_impl: str = "auto"
+    bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.lite:
             x = self.unit(x.shape[-1], 3, depthwise=True, name="depthwise")(x, train)
-        conv = BiasConv(self.outputs, 1 if self.lite else 3, self.dtype, self.pointwise_impl, name="conv")
+        kernel_size = 1 if self.lite else 3
+        conv = BiasConv(
+            self.outputs, kernel_size, self.dtype, self.pointwise_impl, self.bias_init, name="conv"
+        )
         return conv(x)
 
 
@@ -99,6 +127,7 @@ class SSDLite(MobileNetV2):
 
     num_slots: int = 81  # classes + background
     head_type: str = "ssdlite"
+    class_prior: float | None = None  # None: zero class biases (TF); else see `class_bias_init`
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -127,12 +156,16 @@ class SSDLite(MobileNetV2):
         boxes, logits = [], []
         for m, (feature, per_location) in enumerate(zip(maps, anchors_lib.anchors_per_location())):
             for kind, size, found_outputs in (("box", 4, boxes), ("class", self.num_slots, logits)):
+                bias_init = nn.initializers.zeros
+                if kind == "class" and self.class_prior is not None:
+                    bias_init = class_bias_init(self.class_prior, self.num_slots)
                 predictor = Predictor(
                     per_location * size,
                     lite,
                     unit,
                     self.dtype,
                     self.pointwise_impl,
+                    bias_init,
                     name=f"{kind}_predictor_{m}",
                 )
                 y = predictor(feature, train)
