@@ -4,10 +4,10 @@
 
 1,500 steps of 128 (~43 epochs of the 4,500 training digits), evaluated on the 500 held-out
 digits (50 per digit). Measured on 2 CPU cores (no jemalloc), eval top-1 EMA / raw:
-seed 0 97.4% / 97.4%, seed 1 97.6% / 97.6%, seed 2 97.0% / 97.0%, in
-TIME_SEED0 wall for seed 0 on an otherwise idle machine (compile COMPILE_SEED0 of it; 4 min 24 s -
-6 min 13 s for the three seeds while other jobs shared the cores). One held-out digit is 0.2
-points, so seeds move the result by about a point. Argument string (all optional):
+seed 0 97.4% / 97.4%, seed 1 97.6% / 97.6%, seed 2 97.0% / 97.0%. Seed 0 took 3 min 9 s
+wall on an otherwise idle machine with the train step from the persistent compilation cache (a
+cold compile adds about 20 s); the three seeds took 4 min 24 s - 6 min 13 s while other jobs
+shared the cores. One held-out digit is 0.2 points, so seeds move the result by about a point. Argument string (all optional):
 `configs/mnist.py:width=0.5,resolution=32,steps=1200,batch=128,seed=0`.
 
 Resolution matters more than width here: at 32 px the last stages see 1x1 maps. With the same
