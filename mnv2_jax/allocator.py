@@ -142,16 +142,8 @@ def available_host_bytes() -> int | None:
 def step_heap_bytes(compiled: object, environ: Mapping[str, str] | None = None) -> int | None:
     """Host heap one CPU execution of `compiled` (a `jax.stages.Compiled`) needs
     under this process's allocator; None when XLA gives no memory analysis."""
-    try:
-        analysis = compiled.memory_analysis()  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 -- not every backend/version has it
-        return None
-    if analysis is None:
-        return None
-    factor = HEAP_FACTOR.get(describe(environ), 1.0)
-    return int(
-        analysis.argument_size_in_bytes + analysis.output_size_in_bytes + factor * analysis.temp_size_in_bytes
-    )
+    parts = _heap_parts(compiled, environ)
+    return None if parts is None else int(sum(parts))
 
 
 def too_big_for_host(compiled: object, available: int | None = None) -> bool:

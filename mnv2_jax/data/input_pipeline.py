@@ -456,7 +456,6 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     an uninterrupted run reads after consuming k batches.
     """
     tf = _tf()
-    import tensorflow_datasets as tfds
 
     settings = InputConfig.from_config(config)
     builder = _builder(settings)
@@ -480,6 +479,18 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
         ds = _train_examples(settings, builder, start_step, steps, shard_batch, shard, shards)
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(shard_batch, drop_remainder=True)
+
+    return process_batches(mine, shard_batches)
+
+
+def process_batches(
+    mine: Sequence[int], shard_batches: Callable[[int], Any]
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's train batches as NumPy: the `tf.data` batches of its shards `mine`
+    (`shard_batches(shard)`) side by side, one slice of the global batch each, prefetched. Every
+    task's train input ends here."""
+    tf = _tf()
+    import tensorflow_datasets as tfds
 
     if len(mine) == 1:
         ds = shard_batches(mine[0])

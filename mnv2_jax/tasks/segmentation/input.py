@@ -235,7 +235,6 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
     """Endless per-process train batches from global step `start_step` on (see the module docstring);
     sharded as `input_pipeline.train_iterator` (one stream per shard, `data_shards`)."""
     tf = base._tf()
-    import tensorflow_datasets as tfds
 
     settings = base.InputConfig.from_config(config)
     seg = SegmentationInputConfig.from_config(config)
@@ -266,14 +265,7 @@ def train_iterator(config: Any, start_step: int = 0) -> Iterator[dict[str, np.nd
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(shard_batch, drop_remainder=True)
 
-    if len(mine) == 1:
-        ds = shard_batches(mine[0])
-    else:  # this process's shards side by side: one slice of the global batch each
-        ds = tf.data.Dataset.zip(tuple(shard_batches(k) for k in mine)).map(
-            lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
-        )
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    return _checked(iter(tfds.as_numpy(ds.with_options(base._options()))), "LABEL_RANGE")
+    return _checked(base.process_batches(mine, shard_batches), "LABEL_RANGE")
 
 
 def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
