@@ -502,6 +502,20 @@ def process_batches(
     return iter(tfds.as_numpy(ds.with_options(_options())))
 
 
+def eval_batches_per_shard(
+    settings: InputConfig, builder: Any, split_name: str, shards: int, shard_batch: int
+) -> int | None:
+    """How many eval batches each shard yields when the split is cut into `shards` parts: those of
+    the largest part, so that every process steps through the same count (None with one shard:
+    the split's own end)."""
+    if shards <= 1:
+        return None
+    total = settings.num_eval_examples or _split_size(builder, split_name)
+    if total is None:
+        raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
+    return _ceil_div(_ceil_div(total, shards), shard_batch)
+
+
 def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
     """Per-process batches covering this process's part of the eval split exactly once.
 
@@ -517,12 +531,7 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
     mine, shards = _shards(settings)
     shard_batch = _local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = _eval_split(settings, builder)
-    num_batches = None
-    if shards > 1:
-        total = settings.num_eval_examples or _split_size(builder, split_name)
-        if total is None:
-            raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = _ceil_div(_ceil_div(total, shards), shard_batch)  # of the largest part
+    num_batches = eval_batches_per_shard(settings, builder, split_name, shards, shard_batch)
     decode = image_decoder(builder.info.features["image"])
 
     def preprocess(ex):

@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import os
 
-import filelock
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -197,17 +196,7 @@ class MnistDetectOffline(tfds.core.GeneratorBasedBuilder):
 
 def ensure_prepared(data_dir: str | None = None, config: str = "default") -> None:
     """Write `mnist_detect_offline` (the `config` variant) into the TFDS data dir unless it is there
-    already (see `mnist_offline.ensure_prepared`: file-locked, atomic)."""
-    builder = MnistDetectOffline(data_dir=data_dir, config=config)
-    if builder.is_prepared():
-        return
-    root = os.fspath(builder.data_dir_root)
-    os.makedirs(root, exist_ok=True)
-    with filelock.FileLock(os.path.join(root, f"{NAME}.lock")):
-        builder = MnistDetectOffline(data_dir=data_dir, config=config)
-        if not builder.is_prepared():
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP
-                )
-            )
+    already (`mnist_offline.prepare_once`: file-locked, atomic)."""
+    mnist_offline.prepare_once(
+        lambda: MnistDetectOffline(data_dir=data_dir, config=config), f"{NAME} ({config or 'default'}, once)"
+    )

